@@ -1,0 +1,5 @@
+import sys
+
+from mdstream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+# Layout of the Ring and Batch extension types, shared with _callback and _sinks.
+from libc.stdint cimport uint8_t, uint64_t
+from mdstream._core cimport mds_ring, mds_error
+
+
+cdef class Ring:
+    cdef mds_ring c
+    cdef bint mapped
+    cdef bint unlink_on_close
+    cdef bint producer_finished
+    cdef dict pending_releases      # start -> end of batches released out of order
+    cdef Py_ssize_t live_batches
+    cdef Py_ssize_t live_exports
+    cdef object __weakref__
+
+    cdef int check_mapped(self) except -1
+    cdef int release_range(self, uint64_t start, uint64_t end) except -1
+
+
+cdef class Batch:
+    cdef readonly Ring ring
+    cdef uint64_t start
+    cdef uint64_t end
+    cdef const uint8_t *span
+    cdef uint64_t span_len
+    cdef Py_ssize_t exports
+    cdef bint release_requested
+    cdef bint is_released
+    cdef object index_cache         # (offsets, lengths, positions) once built
+    cdef Py_ssize_t shape[1]
+    cdef Py_ssize_t strides[1]
+
+    cdef int check_live(self) except -1
+    cdef int do_release(self) except -1
+    cdef tuple _index(self)
+
+
+cdef int raise_for(int status, const mds_error *err) except -1

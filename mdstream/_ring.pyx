@@ -1,0 +1,639 @@
+# cython: freethreading_compatible = False
+"""The ring's Python face: Ring (create/attach/produce/consume) and Batch
+(a zero-copy, export-counted view of records in the shared mapping)."""
+
+from cpython.buffer cimport PyBUF_WRITABLE, PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.exc cimport PyErr_CheckSignals
+from libc.stdint cimport uint8_t, uint32_t, int32_t, int64_t, uint64_t
+from libc.string cimport memset
+
+import os
+
+import numpy as np
+cimport numpy as cnp
+
+from mdstream._core cimport *
+from mdstream import errors as _errors
+
+cnp.import_array()
+
+DEFAULT_CAPACITY = 4 * 1024 * 1024
+# Blocking waits sleep in slices this long so Ctrl-C is seen promptly.
+cdef uint64_t WAIT_SLICE_NS = 50_000_000
+
+_STATE_NAMES = {MDS_STATE_OPEN: "open", MDS_STATE_FINISHED: "finished",
+                MDS_STATE_ABORTING: "aborted", MDS_STATE_ABORTED: "aborted"}
+
+
+cdef int raise_for(int status, const mds_error *err) except -1:
+    """The one translator from C statuses to exceptions."""
+    message = err.message.decode("utf-8", "replace") if err != NULL else mds_status_name(status).decode()
+    if status == MDS_ERR_FORMAT:
+        raise _errors.RingFormatError(message)
+    if status == MDS_ERR_CORRUPT:
+        raise _errors.RingCorruptError(message)
+    if status == MDS_ERR_PERMISSION:
+        raise _errors.RingPermissionError(message)
+    if status == MDS_ERR_NOT_FOUND:
+        raise _errors.RingNotFoundError(message)
+    if status == MDS_ERR_EXISTS:
+        raise _errors.RingExistsError(message)
+    if status == MDS_ERR_TIMEOUT:
+        raise _errors.RingTimeoutError(message)
+    if status == MDS_ERR_FINISHED:
+        raise _errors.RingFinishedError(message)
+    if status == MDS_ERR_BUSY:
+        raise _errors.RingBusyError(message)
+    if status == MDS_ERR_PEER_GONE:
+        if "producer" in message:
+            raise _errors.ProducerGoneError(message)
+        raise _errors.ConsumerGoneError(message)
+    if status == MDS_ERR_ARG:
+        raise ValueError(message)
+    if status == MDS_ERR_SYS:
+        raise OSError(err.sys_errno if err != NULL else 0, message)
+    raise _errors.RingError(message)
+
+
+cdef inline uint64_t deadline_after(object timeout) except? 0:
+    if timeout is None:
+        return 0
+    seconds = float(timeout)
+    if seconds != seconds or seconds < 0:
+        raise ValueError(f"timeout must be a non-negative number of seconds, not {timeout!r}")
+    return mds_now_ns() + <uint64_t>(seconds * 1e9) + 1
+
+
+cdef class Ring:
+    """A single-producer, single-consumer ring of offset-addressed records.
+
+    Create one with :meth:`Ring.create` (anonymous, a shared-memory name, or a
+    file path) or join one another process created with :meth:`Ring.attach`.
+    The producer side is :meth:`write` / :meth:`finish` / :meth:`abort` (and the
+    C API, which the dump callback uses without the GIL); the consumer side is
+    :meth:`read`, which returns :class:`Batch` objects.
+    """
+
+    def __cinit__(self):
+        memset(&self.c, 0, sizeof(self.c))
+        self.mapped = False
+        self.unlink_on_close = False
+        self.producer_finished = False
+        self.pending_releases = {}
+        self.live_batches = 0
+        self.live_exports = 0
+
+    def __init__(self):
+        raise TypeError("use Ring.create(...) or Ring.attach(...)")
+
+    @staticmethod
+    def create(name_or_path=None, capacity=DEFAULT_CAPACITY, *, unlink_on_close=True):
+        """Create a ring.
+
+        ``name_or_path``: ``None`` for an anonymous shared mapping (this process
+        and its forks), a name without ``/`` for a POSIX shared-memory object
+        (``/dev/shm/NAME`` on Linux), or a file path.  Named rings are created
+        exclusively with mode 0600 and never through a symlink.  ``capacity``
+        (bytes of record space) is rounded up to a power of two, at least 4096.
+        With ``unlink_on_close`` (the default) the creator removes the name when
+        it closes, so no dump bytes linger in ``/dev/shm``.
+        """
+        cdef Ring ring = Ring.__new__(Ring)
+        cdef mds_error err
+        cdef int rc
+        cdef bytes encoded
+        cdef const char *cname = NULL
+        cap = int(capacity)
+        if cap <= 0:
+            raise ValueError(f"capacity must be positive, not {capacity!r}")
+        if cap > MDS_RING_MAX_CAPACITY:
+            raise ValueError(f"capacity {cap} exceeds the maximum {MDS_RING_MAX_CAPACITY}")
+        if name_or_path is not None:
+            encoded = os.fsencode(name_or_path)
+            if b"\0" in encoded:
+                raise ValueError("ring name contains a NUL byte")
+            cname = encoded
+        rc = mds_ring_create(&ring.c, cname, <uint64_t>cap, &err)
+        if rc != MDS_OK:
+            raise_for(rc, &err)
+        ring.mapped = True
+        ring.unlink_on_close = bool(unlink_on_close) and name_or_path is not None
+        return ring
+
+    @staticmethod
+    def attach(name_or_path):
+        """Attach to a ring another handle (usually another process) created.
+
+        Every header field is validated before it is trusted; a file that is not
+        a ring raises :class:`RingFormatError`, one that other users can read
+        raises :class:`RingPermissionError`.  A ring that was aborted raises
+        :class:`RingAbortedError`; one finished and already drained raises
+        :class:`RingFinishedError`.
+        """
+        cdef Ring ring = Ring.__new__(Ring)
+        cdef mds_error err
+        cdef int rc
+        cdef int32_t code
+        cdef char reason[256]
+        encoded = os.fsencode(name_or_path)
+        if b"\0" in encoded:
+            raise ValueError("ring name contains a NUL byte")
+        rc = mds_ring_attach(&ring.c, encoded, &err)
+        if rc != MDS_OK:
+            raise_for(rc, &err)
+        ring.mapped = True
+        state = mds_ring_state(&ring.c)
+        if state >= MDS_STATE_ABORTING:
+            mds_ring_abort_info(&ring.c, &code, reason, sizeof(reason))
+            ring.close()
+            raise _errors.RingAbortedError(<uint32_t>code, reason.decode("utf-8", "replace"))
+        if state == MDS_STATE_FINISHED and ring.c.header.read_pos == ring.c.header.write_pos:
+            path = ring.path
+            ring.close()
+            raise _errors.RingFinishedError(f"ring {path} was already finished and fully drained")
+        return ring
+
+    cdef int check_mapped(self) except -1:
+        if not self.mapped:
+            raise ValueError("the ring is closed")
+        return 0
+
+    # ---- properties ---------------------------------------------------
+
+    @property
+    def name(self):
+        """The name or path given at creation/attach (``None`` if anonymous)."""
+        return self.c.name.decode() if self.c.name[0] else None
+
+    @property
+    def path(self):
+        """Filesystem path of the ring (``None`` if anonymous)."""
+        return self.c.path.decode() if self.c.path[0] else None
+
+    @property
+    def capacity(self):
+        """Bytes of record space in the data area."""
+        return self.c.capacity
+
+    @property
+    def max_payload(self):
+        """The largest payload one record holds; larger writes are split."""
+        return self.c.max_payload
+
+    @property
+    def closed(self):
+        return not self.mapped
+
+    @property
+    def state(self):
+        """``"open"``, ``"finished"`` or ``"aborted"``."""
+        self.check_mapped()
+        return _STATE_NAMES.get(mds_ring_state(&self.c), "unknown")
+
+    @property
+    def data_address(self):
+        """Address of the data area in this process (for zero-copy checks)."""
+        self.check_mapped()
+        return <size_t>self.c.data
+
+    @property
+    def write_position(self):
+        self.check_mapped()
+        return self.c.header.write_pos
+
+    @property
+    def read_position(self):
+        self.check_mapped()
+        return self.c.header.read_pos
+
+    @property
+    def producer_pid(self):
+        self.check_mapped()
+        return self.c.header.producer_pid
+
+    @property
+    def consumer_pid(self):
+        self.check_mapped()
+        return self.c.header.consumer_pid
+
+    @property
+    def abort_info(self):
+        """``(code, reason)`` if the ring was aborted, else ``None``."""
+        cdef int32_t code
+        cdef char reason[256]
+        self.check_mapped()
+        if mds_ring_state(&self.c) < MDS_STATE_ABORTING:
+            return None
+        mds_ring_abort_info(&self.c, &code, reason, sizeof(reason))
+        return (<uint32_t>code, reason.decode("utf-8", "replace"))
+
+    # ---- producer -------------------------------------------------------
+
+    def write(self, offset, data, timeout=None):
+        """Append one record: ``data`` (any contiguous buffer) destined for ``offset``.
+
+        Waits for space up to ``timeout`` seconds (``None``: as long as it takes,
+        interruptible with Ctrl-C); raises :class:`RingTimeoutError` instead of
+        dropping data.  Writes larger than :attr:`max_payload` become several
+        records.  Publishes immediately.
+        """
+        cdef Py_buffer view
+        cdef mds_error err
+        cdef int rc = MDS_OK
+        cdef uint64_t off, deadline, slice_deadline, now, done = 0, chunk, length
+        cdef const uint8_t *ptr
+        self.check_mapped()
+        if not isinstance(offset, int):
+            raise TypeError(f"offset must be an int, not {type(offset).__name__}")
+        if offset < 0 or offset > 0xFFFFFFFFFFFFFFFF:
+            raise ValueError(f"offset must be in [0, 2**64), not {offset}")
+        if isinstance(data, str):
+            raise TypeError("data must be a bytes-like object, not str")
+        off = offset
+        deadline = deadline_after(timeout)
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            ptr = <const uint8_t *>view.buf
+            length = <uint64_t>view.len
+            if off > 0xFFFFFFFFFFFFFFFF - length:
+                raise ValueError(f"offset {offset} + {length} bytes overflows 64 bits")
+            while True:
+                chunk = length - done
+                if chunk > self.c.max_payload:
+                    chunk = self.c.max_payload
+                now = mds_now_ns()
+                slice_deadline = now + WAIT_SLICE_NS
+                if deadline and deadline < slice_deadline:
+                    slice_deadline = deadline
+                with nogil:
+                    rc = mds_ring_write(&self.c, off + done, ptr + done, chunk, slice_deadline, &err)
+                if rc == MDS_ERR_TIMEOUT and (deadline == 0 or mds_now_ns() < deadline):
+                    PyErr_CheckSignals()
+                    continue   # nothing of this chunk was written: retry it
+                if rc != MDS_OK:
+                    raise_for(rc, &err)
+                done += chunk
+                if done >= length:
+                    break
+        finally:
+            PyBuffer_Release(&view)
+        mds_ring_flush(&self.c)
+
+    def flush(self):
+        """Publish records written through the C API with lazy publication."""
+        self.check_mapped()
+        mds_ring_flush(&self.c)
+
+    def finish(self):
+        """The producer is done: the consumer drains what is left, then sees the end."""
+        cdef mds_error err
+        self.check_mapped()
+        rc = mds_ring_finish(&self.c, &err)
+        if rc != MDS_OK:
+            raise_for(rc, &err)
+        self.producer_finished = True
+
+    def abort(self, code, reason=""):
+        """End the ring with an HRESULT-like ``code`` and a ``reason``.
+
+        Either side may abort; the other side then gets :class:`RingAbortedError`
+        carrying both.  The first abort wins; returns ``False`` if the ring was
+        already aborted.
+        """
+        self.check_mapped()
+        icode = int(code)
+        if not -0x80000000 <= icode <= 0xFFFFFFFF:
+            raise ValueError(f"code must fit 32 bits, not {code!r}")
+        encoded = str(reason).encode("utf-8", "replace")[:255]
+        if b"\0" in encoded:
+            encoded = encoded.replace(b"\0", b" ")
+        return mds_ring_abort(&self.c, <int32_t>(icode & 0xFFFFFFFF), encoded) == MDS_OK
+
+    # ---- consumer -------------------------------------------------------
+
+    def read(self, timeout=None):
+        """Return the next :class:`Batch` of records, waiting up to ``timeout`` seconds.
+
+        Returns ``None`` once the producer finished and everything was read;
+        raises :class:`RingAbortedError` if the ring was aborted,
+        :class:`ProducerGoneError` if the producer died or detached, and
+        :class:`RingTimeoutError` when ``timeout`` passes with nothing to read.
+        Blocking waits sleep (no busy loop) and Ctrl-C interrupts them.
+        """
+        cdef mds_error err
+        cdef uint64_t start = 0, end = 0, deadline, now, slice_ns, pos
+        cdef int rc
+        cdef mds_record rec
+        cdef Batch batch
+        self.check_mapped()
+        if not self.c.cons.claimed:
+            rc = mds_ring_claim_consumer(&self.c, &err)
+            if rc != MDS_OK:
+                raise_for(rc, &err)
+        deadline = deadline_after(timeout)
+        while True:
+            rc = mds_ring_poll(&self.c, &start, &end, &err)
+            if rc == MDS_OK:
+                pos = 0
+                rc = mds_span_next(mds_ring_at(&self.c, start), end - start, &pos, &rec, &err)
+                if rc < 0:
+                    raise_for(rc, &err)
+                mds_ring_advance(&self.c, end)
+                if rc == 0:
+                    # Only padding up to the wrap: give it back and read on.
+                    self.release_range(start, end)
+                    continue
+                batch = Batch.__new__(Batch)
+                batch.ring = self
+                batch.start = start
+                batch.end = end
+                batch.span = mds_ring_at(&self.c, start)
+                batch.span_len = end - start
+                self.live_batches += 1
+                return batch
+            if rc == MDS_END:
+                return None
+            if rc != MDS_EMPTY:
+                raise_for(rc, &err)
+            now = mds_now_ns()
+            if deadline and now >= deadline:
+                raise _errors.RingTimeoutError(f"no data within {timeout} s")
+            slice_ns = WAIT_SLICE_NS
+            if deadline and deadline - now < slice_ns:
+                slice_ns = deadline - now
+            with nogil:
+                rc = mds_ring_wait_data(&self.c, slice_ns, &err)
+            if rc != MDS_OK:
+                # Data may have been published just before the peer went away.
+                if mds_ring_poll(&self.c, &start, &end, &err) == MDS_OK:
+                    continue
+                raise_for(rc, &err)
+            PyErr_CheckSignals()
+
+    def __iter__(self):
+        """Yield batches until the producer finishes (each released after the loop body)."""
+        while True:
+            batch = self.read()
+            if batch is None:
+                return
+            with batch:
+                yield batch
+
+    cdef int release_range(self, uint64_t start, uint64_t end) except -1:
+        # Batches may be released in any order; the shared read position only
+        # moves over a contiguous prefix of released batches.
+        if start != self.c.cons.released:
+            self.pending_releases[start] = end
+            return 0
+        while True:
+            nxt = self.pending_releases.pop(end, None)
+            if nxt is None:
+                break
+            end = nxt
+        mds_ring_release(&self.c, end)
+        return 0
+
+    # ---- lifecycle ------------------------------------------------------
+
+    def close(self):
+        """Unmap the ring and give up this handle's roles.
+
+        Raises :class:`BufferError` while numpy views of its data are alive.  A
+        producer that closes without :meth:`finish` leaves the ring marked so the
+        consumer stops waiting; the creator of a named ring removes its name.
+        """
+        if not self.mapped:
+            return
+        if self.live_exports:
+            raise BufferError(f"{self.live_exports} view(s) of ring data are still alive")
+        path = self.c.name if self.unlink_on_close else None
+        mds_ring_close(&self.c)
+        self.mapped = False
+        if path:
+            mds_ring_unlink(path, NULL)
+
+    def unlink(self):
+        """Remove the ring's name now (existing mappings stay valid)."""
+        cdef mds_error err
+        if not self.c.name[0]:
+            return
+        rc = mds_ring_unlink(self.c.name, &err)
+        self.unlink_on_close = False
+        if rc != MDS_OK and rc != MDS_ERR_NOT_FOUND:
+            raise_for(rc, &err)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __dealloc__(self):
+        # Batches keep their ring alive, so no view can outlive this mapping.
+        if self.mapped:
+            name = self.c.name if self.unlink_on_close else None
+            mds_ring_close(&self.c)
+            self.mapped = False
+            if name:
+                mds_ring_unlink(name, NULL)
+
+    def __repr__(self):
+        if not self.mapped:
+            return "<mdstream.Ring closed>"
+        return (f"<mdstream.Ring {self.path or 'anonymous'} capacity={self.capacity} "
+                f"state={self.state} write={self.write_position} read={self.read_position}>")
+
+
+cdef class Batch:
+    """Records read from the ring in one go, exposed without copying.
+
+    ``offsets`` (uint64) and ``lengths`` (uint32) are numpy arrays with one entry
+    per record; ``positions`` (uint64) locate each payload inside ``buffer``, a
+    read-only uint8 view straight into the shared mapping; ``view(i)`` and
+    iteration give per-record payload views.
+
+    Lifetime: :meth:`release` (or leaving a ``with`` block) hands the space back
+    to the producer.  If numpy views of the batch are still alive at that moment
+    the release is *deferred* until the last of them is gone, so a view never
+    sees bytes the producer reused.  Batches may be released in any order.
+    """
+
+    def __cinit__(self):
+        self.exports = 0
+        self.release_requested = False
+        self.is_released = False
+        self.index_cache = None
+
+    def __init__(self):
+        raise TypeError("batches come from Ring.read()")
+
+    cdef int check_live(self) except -1:
+        if self.is_released or self.release_requested:
+            raise ValueError("the batch was released")
+        return 0
+
+    def __getbuffer__(self, Py_buffer *buffer, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("ring batches are read-only")
+        if self.is_released or self.release_requested:
+            raise BufferError("the batch was released")
+        self.shape[0] = <Py_ssize_t>self.span_len
+        self.strides[0] = 1
+        buffer.buf = <void *>self.span
+        buffer.obj = self
+        buffer.len = <Py_ssize_t>self.span_len
+        buffer.readonly = 1
+        buffer.itemsize = 1
+        buffer.format = "B"
+        buffer.ndim = 1
+        buffer.shape = self.shape
+        buffer.strides = self.strides
+        buffer.suboffsets = NULL
+        buffer.internal = NULL
+        self.exports += 1
+        self.ring.live_exports += 1
+
+    def __releasebuffer__(self, Py_buffer *buffer):
+        self.exports -= 1
+        self.ring.live_exports -= 1
+        if self.exports == 0 and self.release_requested and not self.is_released:
+            self.do_release()
+
+    cdef int do_release(self) except -1:
+        self.is_released = True
+        self.index_cache = None
+        self.ring.live_batches -= 1
+        if self.ring.mapped:
+            self.ring.release_range(self.start, self.end)
+        return 0
+
+    def release(self):
+        """Give the batch's space back (deferred while views are alive; idempotent)."""
+        if self.is_released or self.release_requested:
+            return
+        self.release_requested = True
+        if self.exports == 0:
+            self.do_release()
+
+    @property
+    def released(self):
+        """True once the space went back to the producer."""
+        return self.is_released
+
+    @property
+    def pending_views(self):
+        """How many buffer exports (numpy views) of this batch are alive."""
+        return self.exports
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def __dealloc__(self):
+        if not self.is_released and self.ring is not None:
+            self.is_released = True
+            self.ring.live_batches -= 1
+            if self.ring.mapped:
+                try:
+                    self.ring.release_range(self.start, self.end)
+                except BaseException:
+                    pass
+
+    cdef tuple _index(self):
+        cdef mds_error err
+        cdef uint64_t count = 0
+        cdef int rc
+        cdef cnp.ndarray offsets, lengths, positions
+        cdef mds_span_summary summary
+        if self.index_cache is not None:
+            return self.index_cache
+        self.check_live()
+        with nogil:
+            rc = mds_span_scan(self.span, self.span_len, &summary, &err)
+        if rc != MDS_OK:
+            raise_for(rc, &err)
+        offsets = np.empty(summary.records, dtype=np.uint64)
+        lengths = np.empty(summary.records, dtype=np.uint32)
+        positions = np.empty(summary.records, dtype=np.uint64)
+        with nogil:
+            rc = mds_span_index(self.span, self.span_len, <uint64_t *>cnp.PyArray_DATA(offsets),
+                                <uint32_t *>cnp.PyArray_DATA(lengths), <uint64_t *>cnp.PyArray_DATA(positions),
+                                summary.records, &count, &err)
+        if rc != MDS_OK:
+            raise_for(rc, &err)
+        if count != summary.records:
+            raise _errors.RingCorruptError("the batch changed while it was indexed")
+        for arr in (offsets, lengths, positions):
+            arr.flags.writeable = False
+        self.index_cache = (offsets, lengths, positions)
+        return self.index_cache
+
+    @property
+    def offsets(self):
+        """Destination offset of each record (uint64 array)."""
+        return self._index()[0]
+
+    @property
+    def lengths(self):
+        """Payload length of each record (uint32 array)."""
+        return self._index()[1]
+
+    @property
+    def positions(self):
+        """Where each payload starts inside :attr:`buffer` (uint64 array)."""
+        return self._index()[2]
+
+    @property
+    def buffer(self):
+        """The batch's bytes in the mapping (record headers included), read-only uint8, zero-copy."""
+        self.check_live()
+        return np.frombuffer(self, dtype=np.uint8)
+
+    def summary(self):
+        """``(records, payload_bytes, highest_end)`` from one pass over the record headers, no allocation."""
+        cdef mds_span_summary s
+        cdef mds_error err
+        cdef int rc
+        self.check_live()
+        with nogil:
+            rc = mds_span_scan(self.span, self.span_len, &s, &err)
+        if rc != MDS_OK:
+            raise_for(rc, &err)
+        return (s.records, s.bytes, s.highest_end)
+
+    @property
+    def nbytes(self):
+        """Total payload bytes."""
+        return int(self._index()[1].sum(dtype=np.uint64))
+
+    @property
+    def span(self):
+        """``(start, end)`` ring positions covered by the batch."""
+        return (self.start, self.end)
+
+    def __len__(self):
+        return len(self._index()[0])
+
+    def view(self, Py_ssize_t i):
+        """Payload of record ``i`` as a read-only uint8 view into the mapping."""
+        offsets, lengths, positions = self._index()
+        n = len(offsets)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("record index out of range")
+        p = int(positions[i])
+        return self.buffer[p:p + int(lengths[i])]
+
+    def __iter__(self):
+        """Yield ``(offset, view)`` for each record, in the order written."""
+        offsets, lengths, positions = self._index()
+        data = self.buffer
+        for off, length, pos in zip(offsets.tolist(), lengths.tolist(), positions.tolist()):
+            yield off, data[pos:pos + length]
+
+    def __repr__(self):
+        state = "released" if self.is_released else ("releasing" if self.release_requested else "live")
+        return f"<mdstream.Batch span=[{self.start}, {self.end}) {state}>"

@@ -1,0 +1,367 @@
+# cython: freethreading_compatible = False
+"""Built-in sinks.  Python is entered once per batch; the per-record loop is C
+(span.h) running without the GIL."""
+
+from libc.stdint cimport uint8_t, uint64_t
+from libc.string cimport memset
+from cpython.buffer cimport PyBUF_WRITABLE
+
+import os
+import secrets
+
+import numpy as np
+cimport numpy as cnp
+
+from mdstream._core cimport *
+from mdstream._ring cimport Batch, raise_for
+
+cnp.import_array()
+
+cdef uint8_t EMPTY_BYTE = 0
+
+
+cdef inline int scan_batch(Batch batch, mds_span_summary *summary) except -1:
+    cdef mds_error err
+    cdef int rc
+    batch.check_live()
+    with nogil:
+        rc = mds_span_scan(batch.span, batch.span_len, summary, &err)
+    if rc != MDS_OK:
+        raise_for(rc, &err)
+    return 0
+
+
+cdef class NullSink:
+    """Counts and releases: the ring alone, for benchmarks and draining to nowhere."""
+    cdef readonly uint64_t records
+    cdef readonly uint64_t bytes
+    cdef readonly uint64_t highest_end
+
+    cpdef consume(self, Batch batch):
+        cdef mds_span_summary s
+        scan_batch(batch, &s)
+        self.records += s.records
+        self.bytes += s.bytes
+        if s.highest_end > self.highest_end:
+            self.highest_end = s.highest_end
+
+    def finish(self):
+        return None
+
+    def abort(self, error):
+        pass
+
+    @property
+    def size(self):
+        """The dump's final size so far (highest offset + length)."""
+        return self.highest_end
+
+
+cdef class MemorySink:
+    """Reassembles the dump in memory: last write wins, gaps read as zeros.
+
+    Grows without copying (remapped pages on Linux).  :attr:`array` is a uint8
+    numpy view of the dump (zero-copy); :meth:`tobytes` copies it.  The sink
+    cannot grow while views of it are alive (``BufferError``), so take views
+    after :meth:`finish`.
+    """
+    cdef mds_growbuf buf
+    cdef Py_ssize_t exports
+    cdef readonly uint64_t records
+    cdef readonly uint64_t bytes
+    cdef readonly bint finished
+    cdef Py_ssize_t shape[1]
+    cdef Py_ssize_t strides[1]
+
+    def __cinit__(self):
+        memset(&self.buf, 0, sizeof(self.buf))
+        self.exports = 0
+
+    def __dealloc__(self):
+        mds_growbuf_free(&self.buf)
+
+    cpdef consume(self, Batch batch):
+        cdef mds_span_summary s
+        cdef mds_error err
+        cdef int rc
+        scan_batch(batch, &s)
+        if s.highest_end > self.buf.size:
+            if self.exports:
+                raise BufferError("MemorySink cannot grow while views of it are alive")
+            rc = mds_growbuf_reserve(&self.buf, s.highest_end, &err)
+            if rc != MDS_OK:
+                raise MemoryError(err.message.decode("utf-8", "replace"))
+        with nogil:
+            rc = mds_span_apply_memory(batch.span, batch.span_len, self.buf.data, self.buf.size, &err)
+        if rc != MDS_OK:
+            raise_for(rc, &err)
+        self.records += s.records
+        self.bytes += s.bytes
+
+    def finish(self):
+        self.finished = True
+        return self.array
+
+    def abort(self, error):
+        pass
+
+    @property
+    def size(self):
+        """Bytes in the dump (highest offset + length seen)."""
+        return self.buf.size
+
+    @property
+    def array(self):
+        """The dump as a uint8 numpy array sharing the sink's memory."""
+        return np.frombuffer(self, dtype=np.uint8)
+
+    def tobytes(self):
+        """The dump as ``bytes`` (a copy)."""
+        return bytes(memoryview(self))
+
+    def __len__(self):
+        return self.buf.size
+
+    def __getbuffer__(self, Py_buffer *buffer, int flags):
+        self.shape[0] = <Py_ssize_t>self.buf.size
+        self.strides[0] = 1
+        buffer.buf = <void *>(self.buf.data if self.buf.data != NULL else &EMPTY_BYTE)
+        buffer.obj = self
+        buffer.len = <Py_ssize_t>self.buf.size
+        buffer.readonly = 0
+        buffer.itemsize = 1
+        buffer.format = "B"
+        buffer.ndim = 1
+        buffer.shape = self.shape
+        buffer.strides = self.strides
+        buffer.suboffsets = NULL
+        buffer.internal = NULL
+        self.exports += 1
+
+    def __releasebuffer__(self, Py_buffer *buffer):
+        self.exports -= 1
+
+
+cdef object _open_private_temp(object path, str suffix):
+    """Create a private (0600) temporary file beside ``path``; never follows symlinks."""
+    path = os.fspath(path)
+    directory, base = os.path.split(os.path.abspath(path))
+    if not base:
+        raise IsADirectoryError(f"{path} names a directory")
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        temp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}{suffix}")
+        try:
+            fd = os.open(temp, flags, 0o600)
+        except FileExistsError:
+            continue
+        os.fchmod(fd, 0o600)
+        return fd, temp, os.path.abspath(path)
+    raise FileExistsError(f"cannot create a temporary file beside {path}")
+
+
+cdef object _fsync_directory(str directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+cdef class FileSink:
+    """Reassembles the dump into a file at ``path``.
+
+    Each record is applied at its offset (``pwrite``; adjacent records merged
+    into one ``pwritev``) in a private temporary file beside the target, which
+    is fsynced and renamed into place only when the ring finished cleanly.  An
+    aborted dump leaves nothing under the final name; with
+    ``keep_partial=True`` the partial file is kept as ``PATH.partial``.  Files
+    are created 0600 and symlinks are never followed.  The final size is the
+    highest offset + length.
+    """
+    cdef int fd
+    cdef readonly str path
+    cdef readonly str temp_path
+    cdef readonly bint keep_partial
+    cdef readonly bint durable
+    cdef readonly uint64_t records
+    cdef readonly uint64_t bytes
+    cdef readonly uint64_t highest_end
+    cdef readonly str state
+
+    def __cinit__(self):
+        self.fd = -1
+
+    def __init__(self, path, *, keep_partial=False, fsync=True):
+        fd, temp, final = _open_private_temp(path, ".mdstream-partial")
+        self.fd = fd
+        self.temp_path = temp
+        self.path = final
+        self.keep_partial = bool(keep_partial)
+        self.durable = bool(fsync)
+        self.state = "open"
+
+    cpdef consume(self, Batch batch):
+        cdef mds_span_summary s
+        cdef mds_error err
+        cdef int rc
+        if self.fd < 0:
+            raise ValueError(f"FileSink for {self.path} is {self.state}")
+        scan_batch(batch, &s)
+        with nogil:
+            rc = mds_span_pwrite(batch.span, batch.span_len, self.fd, &err)
+        if rc != MDS_OK:
+            if rc == MDS_ERR_SYS:
+                raise OSError(err.sys_errno, f"writing {self.path}: {os.strerror(err.sys_errno)}")
+            raise_for(rc, &err)
+        self.records += s.records
+        self.bytes += s.bytes
+        if s.highest_end > self.highest_end:
+            self.highest_end = s.highest_end
+
+    def finish(self):
+        """Size, fsync and rename into place; returns the final path."""
+        if self.fd < 0:
+            raise ValueError(f"FileSink for {self.path} is {self.state}")
+        try:
+            if os.fstat(self.fd).st_size < self.highest_end:
+                os.ftruncate(self.fd, self.highest_end)
+            if self.durable:
+                os.fsync(self.fd)
+        except OSError as exc:
+            self.abort(exc)
+            raise OSError(exc.errno, f"finishing {self.path}: {exc.strerror}") from None
+        os.close(self.fd)
+        self.fd = -1
+        os.replace(self.temp_path, self.path)
+        if self.durable:
+            _fsync_directory(os.path.dirname(self.path))
+        self.state = "finished"
+        return self.path
+
+    def abort(self, error=None):
+        """Drop the partial file (or keep it as ``PATH.partial`` if asked)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.state != "open":
+            return
+        self.state = "aborted"
+        try:
+            if self.keep_partial:
+                os.replace(self.temp_path, self.path + ".partial")
+            else:
+                os.unlink(self.temp_path)
+        except FileNotFoundError:
+            pass
+
+    @property
+    def size(self):
+        return self.highest_end
+
+    def __dealloc__(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            if self.state == "open" and self.temp_path:
+                try:
+                    os.unlink(self.temp_path)
+                except OSError:
+                    pass
+
+
+cdef class TraceSink:
+    """Records what was drained as an MDTRACE1 trace (``../formats/mdtrace.md``).
+
+    Written privately beside ``path`` and renamed into place by :meth:`finish`;
+    :meth:`abort` keeps the trace (it shows what arrived before the failure)
+    unless ``keep_on_abort=False``.
+    """
+    cdef mds_trace_writer writer
+    cdef bint writer_ready
+    cdef int fd
+    cdef readonly str path
+    cdef readonly str temp_path
+    cdef readonly bint keep_on_abort
+    cdef readonly str state
+
+    def __cinit__(self):
+        self.fd = -1
+        self.writer_ready = False
+
+    def __init__(self, path, *, keep_on_abort=True):
+        cdef mds_error err
+        fd, temp, final = _open_private_temp(path, ".mdtrace-partial")
+        self.fd = fd
+        self.temp_path = temp
+        self.path = final
+        self.keep_on_abort = bool(keep_on_abort)
+        self.state = "open"
+        if mds_trace_writer_init(&self.writer, fd, 1 << 20, &err) != MDS_OK:
+            raise MemoryError(err.message.decode())
+        self.writer_ready = True
+        os.write(fd, b"MDTRACE1")
+
+    cpdef consume(self, Batch batch):
+        cdef mds_error err
+        cdef int rc
+        if self.fd < 0:
+            raise ValueError(f"TraceSink for {self.path} is {self.state}")
+        batch.check_live()
+        with nogil:
+            rc = mds_trace_writer_span(&self.writer, batch.span, batch.span_len, &err)
+        if rc != MDS_OK:
+            if rc == MDS_ERR_SYS:
+                raise OSError(err.sys_errno, f"writing {self.path}: {os.strerror(err.sys_errno)}")
+            raise_for(rc, &err)
+
+    @property
+    def records(self):
+        return self.writer.records if self.writer_ready else 0
+
+    cdef _close(self, bint keep, str final_path):
+        cdef mds_error err
+        rc = mds_trace_writer_flush(&self.writer, &err)
+        if self.writer_ready:
+            mds_trace_writer_free(&self.writer)
+            self.writer_ready = False
+        try:
+            if rc == MDS_OK:
+                os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+        if rc != MDS_OK or not keep:
+            os.unlink(self.temp_path)
+            if rc != MDS_OK:
+                raise OSError(err.sys_errno, f"writing {self.path}: {os.strerror(err.sys_errno)}")
+            return None
+        os.replace(self.temp_path, final_path)
+        return final_path
+
+    def finish(self):
+        if self.fd < 0:
+            raise ValueError(f"TraceSink for {self.path} is {self.state}")
+        self.state = "finished"
+        return self._close(True, self.path)
+
+    def abort(self, error=None):
+        if self.fd < 0:
+            return
+        self.state = "aborted"
+        self._close(self.keep_on_abort, self.path)
+
+    def __dealloc__(self):
+        if self.writer_ready:
+            mds_trace_writer_free(&self.writer)
+        if self.fd >= 0:
+            os.close(self.fd)
+            try:
+                os.unlink(self.temp_path)
+            except OSError:
+                pass

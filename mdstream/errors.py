@@ -1,0 +1,104 @@
+"""Exceptions raised by mdstream.
+
+Every failure the C core reports maps to one specific class here, so callers
+can tell a timeout from an aborted dump from a corrupt ring without parsing
+messages.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MdstreamError",
+    "RingError",
+    "RingFormatError",
+    "RingCorruptError",
+    "RingPermissionError",
+    "RingNotFoundError",
+    "RingExistsError",
+    "RingTimeoutError",
+    "RingAbortedError",
+    "RingFinishedError",
+    "RingBusyError",
+    "PeerGoneError",
+    "ProducerGoneError",
+    "ConsumerGoneError",
+    "DumpFailedError",
+]
+
+
+class MdstreamError(Exception):
+    """Base class of every mdstream error."""
+
+
+class RingError(MdstreamError):
+    """A ring operation failed."""
+
+
+class RingFormatError(RingError, ValueError):
+    """The file or shared-memory object is not a valid ring (magic, version, sizes, truncation)."""
+
+
+class RingCorruptError(RingError):
+    """A position or record in a live ring violates the format (a broken or hostile producer)."""
+
+
+class RingPermissionError(RingError, PermissionError):
+    """The ring is not private to this user, or is reached through a symlink."""
+
+
+class RingNotFoundError(RingError, FileNotFoundError):
+    """No ring exists under that name or path."""
+
+
+class RingExistsError(RingError, FileExistsError):
+    """A ring (or any file) already exists under that name or path."""
+
+
+class RingTimeoutError(RingError, TimeoutError):
+    """A wait for space or data passed its deadline."""
+
+
+class RingAbortedError(RingError):
+    """The ring was aborted; ``code`` is the HRESULT-like code and ``reason`` the text."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code & 0xFFFFFFFF
+        self.reason = reason
+        super().__init__(f"ring aborted (code 0x{self.code:08X}): {reason}")
+
+    def __reduce__(self):  # keep both fields across pickling (multiprocessing)
+        return (type(self), (self.code, self.reason))
+
+
+class RingFinishedError(RingError):
+    """The ring is already finished: nothing more can be written (or read)."""
+
+
+class RingBusyError(RingError):
+    """The producer or consumer role is already held by another handle."""
+
+
+class PeerGoneError(RingError):
+    """The process on the other side of the ring died or detached."""
+
+
+class ProducerGoneError(PeerGoneError):
+    """The producer died or closed the ring without finishing it."""
+
+
+class ConsumerGoneError(PeerGoneError):
+    """The consumer died or closed the ring."""
+
+
+class DumpFailedError(MdstreamError):
+    """A dump did not complete: the callback or the writer reported a failure.
+
+    ``hresult`` is the status DbgHelp saw (unsigned 32-bit), ``reason`` the text,
+    ``callback_type`` the callback that failed (if known).
+    """
+
+    def __init__(self, message: str, hresult: int = 0, reason: str = "", callback_type: int | None = None) -> None:
+        super().__init__(message)
+        self.hresult = hresult & 0xFFFFFFFF
+        self.reason = reason
+        self.callback_type = callback_type

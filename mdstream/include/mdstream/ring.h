@@ -1,0 +1,246 @@
+/* mdstream ring: a single-producer, single-consumer ring of offset-addressed
+ * records in a shared mapping.  This header is the binary format (see
+ * docs/ring-format.md, which explains it field by field) and the C API that the
+ * Python extension, native crash agents, the Wine harness and the Linux writer
+ * all compile.  No Python.h here or in the implementation. */
+#ifndef MDSTREAM_RING_H
+#define MDSTREAM_RING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Binary format, version 1 ------------------------------------------ */
+
+#define MDS_RING_MAGIC "MDSRING1"       /* 8 bytes, no terminator in the file */
+#define MDS_RING_VERSION 1u
+#define MDS_RING_HEADER_SIZE 4096u      /* data area starts here, page aligned */
+#define MDS_RING_RECORD_ALIGN 16u       /* every record starts 16-byte aligned */
+#define MDS_RING_RECORD_HEADER 16u
+#define MDS_RING_MIN_CAPACITY 4096ull
+#define MDS_RING_MAX_CAPACITY (1ull << 34) /* 16 GiB: sanity bound for attach */
+#define MDS_RING_REASON_SIZE 256u
+
+/* Record kinds.  Values with a recognisable pattern so that garbage is
+ * unlikely to pass as a record. */
+#define MDS_RECORD_DATA 0x52444d01u    /* offset + payload */
+#define MDS_RECORD_PAD 0x52444d02u     /* fills the data area up to the wrap */
+
+/* Ring states. */
+#define MDS_STATE_OPEN 0u
+#define MDS_STATE_FINISHED 1u           /* producer done; drain what is left */
+#define MDS_STATE_ABORTING 2u           /* an abort is writing its reason */
+#define MDS_STATE_ABORTED 3u            /* code + reason are valid */
+
+/* Header flags. */
+#define MDS_FLAG_CONSUMER_DETACHED 0x1u /* the consumer closed its handle */
+#define MDS_FLAG_PRODUCER_DETACHED 0x2u /* the producer closed its handle */
+
+/* One record header; the payload follows immediately. */
+typedef struct mds_record_header {
+    uint64_t offset;  /* destination offset in the dump */
+    uint32_t length;  /* payload bytes (for PAD: bytes up to the wrap) */
+    uint32_t kind;    /* MDS_RECORD_DATA or MDS_RECORD_PAD */
+} mds_record_header;
+
+/* The shared header, MDS_RING_HEADER_SIZE bytes.  Groups written by different
+ * sides live on separate 128-byte lines (two 64-byte lines: adjacent-line
+ * prefetch would otherwise make them share). */
+typedef struct mds_ring_header {
+    /* line 0: immutable after creation */
+    char magic[8];              /* 0   "MDSRING1" */
+    uint32_t version;           /* 8   MDS_RING_VERSION */
+    uint32_t header_size;       /* 12  MDS_RING_HEADER_SIZE */
+    uint64_t capacity;          /* 16  data bytes, power of two */
+    uint64_t data_offset;       /* 24  == header_size */
+    uint32_t record_align;      /* 32  MDS_RING_RECORD_ALIGN */
+    uint32_t record_header;     /* 36  MDS_RING_RECORD_HEADER */
+    uint64_t max_payload;       /* 40  largest payload of one record */
+    uint32_t creator_pid;       /* 48 */
+    uint32_t reserved0;         /* 52 */
+    uint64_t created_ns;        /* 56  CLOCK_REALTIME at creation */
+    uint8_t pad0[64];
+
+    /* line 1 (128): written by the producer */
+    uint64_t write_pos;         /* 128 published end of records (release) */
+    uint32_t producer_waiting;  /* 136 producer sleeps on space_event */
+    uint32_t data_event;        /* 140 futex word the consumer sleeps on */
+    uint64_t producer_token;    /* 144 claim of the producer role, 0 = free */
+    uint32_t producer_pid;      /* 152 */
+    uint32_t reserved1;         /* 156 */
+    uint64_t producer_heartbeat_ns; /* 160 CLOCK_MONOTONIC */
+    uint64_t records_written;   /* 168 records published (statistics) */
+    uint8_t pad1[80];
+
+    /* line 2 (256): written by the consumer */
+    uint64_t read_pos;          /* 256 released position (release) */
+    uint32_t consumer_waiting;  /* 264 consumer sleeps on data_event */
+    uint32_t space_event;       /* 268 futex word the producer sleeps on */
+    uint64_t consumer_token;    /* 272 claim of the consumer role, 0 = free */
+    uint32_t consumer_pid;      /* 280 */
+    uint32_t reserved2;         /* 284 */
+    uint64_t consumer_heartbeat_ns; /* 288 */
+    uint8_t pad2[88];
+
+    /* line 3 (384): state, written by whoever ends the ring */
+    uint32_t state;             /* 384 MDS_STATE_* */
+    int32_t abort_code;         /* 388 HRESULT-like code */
+    uint32_t flags;             /* 392 MDS_FLAG_* */
+    uint32_t reserved3;         /* 396 */
+    char abort_reason[MDS_RING_REASON_SIZE]; /* 400 UTF-8, NUL-terminated */
+} mds_ring_header;
+
+/* ---- Status codes -------------------------------------------------------- */
+
+typedef enum mds_status {
+    MDS_OK = 0,
+    MDS_EMPTY = 1,          /* consumer: nothing published yet */
+    MDS_END = 2,            /* consumer: finished and fully drained */
+    MDS_ERR_ARG = -1,       /* bad argument from the caller */
+    MDS_ERR_SYS = -2,       /* system call failed: see sys_errno */
+    MDS_ERR_FORMAT = -3,    /* attach: not a valid ring */
+    MDS_ERR_CORRUPT = -4,   /* a position or record violates the format */
+    MDS_ERR_TIMEOUT = -5,   /* deadline passed waiting for space/data */
+    MDS_ERR_ABORTED = -6,   /* ring aborted: see abort_code / reason */
+    MDS_ERR_FINISHED = -7,  /* producing into a finished ring */
+    MDS_ERR_BUSY = -8,      /* the role is held by another handle */
+    MDS_ERR_PEER_GONE = -9, /* the other side's process is gone or detached */
+    MDS_ERR_PERMISSION = -10, /* attach: file not private to this user */
+    MDS_ERR_EXISTS = -11,   /* create: name already exists */
+    MDS_ERR_NOT_FOUND = -12 /* attach: no such ring */
+} mds_status;
+
+typedef struct mds_error {
+    int status;
+    int sys_errno;
+    char message[256];
+} mds_error;
+
+/* ---- Handles -------------------------------------------------------------- */
+
+/* Per-handle state.  Producer-local and consumer-local fields are touched only
+ * by their own side (one thread each) and are kept on separate lines. */
+typedef struct mds_ring {
+    mds_ring_header *header;
+    uint8_t *data;
+    uint64_t capacity;
+    uint64_t mask;
+    uint64_t max_payload;
+    void *map_base;
+    size_t map_size;
+    intptr_t fd;            /* -1 for anonymous */
+    uint64_t token;         /* this handle's role claims */
+    uint32_t pid;
+    int is_owner;           /* created (not attached) */
+    char path[512];         /* file path or "" (anonymous); shm names as /dev/shm path */
+    char name[256];         /* as given by the user */
+    uint8_t pad_a[64];
+
+    /* producer side */
+    struct mds_ring_producer_state {
+        uint64_t wpos;          /* end of written records, maybe unpublished */
+        uint64_t published;     /* last value stored to header->write_pos */
+        uint64_t read_cached;   /* last read_pos seen */
+        uint64_t open_record;   /* position of an unpublished record that may grow, or UINT64_MAX */
+        uint64_t open_end_offset; /* dump offset right after that record's payload */
+        uint64_t publish_bytes; /* publish once this many bytes are pending; 0 = every write */
+        uint64_t records_pending;
+        int coalesce;           /* merge a write into the open record when adjacent */
+        int claimed;
+    } prod;
+    uint8_t pad_b[64];
+
+    /* consumer side */
+    struct mds_ring_consumer_state {
+        uint64_t cursor;        /* next unread position */
+        uint64_t released;      /* last value stored to header->read_pos */
+        int claimed;
+    } cons;
+} mds_ring;
+
+/* Decoded view of one record inside a span. */
+typedef struct mds_record {
+    uint64_t offset;
+    uint32_t length;
+    uint64_t payload_pos;   /* position of the payload inside the span */
+} mds_record;
+
+/* ---- Lifecycle ------------------------------------------------------------ */
+
+/* name: NULL for an anonymous shared mapping (same process and its forks);
+ * a name without '/' for a POSIX shared-memory object; otherwise a file path.
+ * The object is created exclusively with mode 0600 and never through a
+ * symlink.  capacity is rounded up to a power of two >= 4096. */
+int mds_ring_create(mds_ring *ring, const char *name, uint64_t capacity, mds_error *err);
+/* Attach to a ring another handle created; validates every header field. */
+int mds_ring_attach(mds_ring *ring, const char *name, mds_error *err);
+/* Unmap; releases this handle's roles.  A producer that never finished marks
+ * the ring PRODUCER_DETACHED, a consumer marks CONSUMER_DETACHED, so the other
+ * side stops waiting.  Does not unlink. */
+void mds_ring_close(mds_ring *ring);
+/* Remove a named ring's file / shm object. */
+int mds_ring_unlink(const char *name, mds_error *err);
+
+/* ---- Producer (any thread, no Python, no allocation) ---------------------- */
+
+/* Claim the producer role (done implicitly by the first write). */
+int mds_ring_claim_producer(mds_ring *ring, mds_error *err);
+/* Producer tuning: coalesce adjacent writes into one record and publish
+ * lazily once publish_bytes are pending (0 = publish every write). */
+void mds_ring_set_producer_options(mds_ring *ring, int coalesce, uint64_t publish_bytes);
+/* Append one write.  Splits writes larger than max_payload into several
+ * records.  Waits for space until deadline_ns (CLOCK_MONOTONIC, 0 = no
+ * deadline).  Never drops data: returns a status instead. */
+int mds_ring_write(mds_ring *ring, uint64_t offset, const void *data, uint64_t length,
+                   uint64_t deadline_ns, mds_error *err);
+/* Make every written record visible to the consumer. */
+void mds_ring_flush(mds_ring *ring);
+/* Producer is done: flush, then state FINISHED. */
+int mds_ring_finish(mds_ring *ring, mds_error *err);
+/* Either side: state ABORTED with code and reason (first abort wins). */
+int mds_ring_abort(mds_ring *ring, int32_t code, const char *reason);
+
+/* ---- Consumer ------------------------------------------------------------- */
+
+int mds_ring_claim_consumer(mds_ring *ring, mds_error *err);
+/* Contiguous published range starting at the cursor that does not cross the
+ * wrap: [*start, *end).  Returns MDS_OK, MDS_EMPTY, MDS_END or an error
+ * (aborted, corrupt positions).  Does not advance the cursor. */
+int mds_ring_poll(mds_ring *ring, uint64_t *start, uint64_t *end, mds_error *err);
+/* Move the cursor (after a batch has been handed out). */
+void mds_ring_advance(mds_ring *ring, uint64_t new_cursor);
+/* Sleep until data is published, the state changes or timeout_ns passes.
+ * Returns MDS_OK (something may have changed) or MDS_ERR_PEER_GONE. */
+int mds_ring_wait_data(mds_ring *ring, uint64_t timeout_ns, mds_error *err);
+/* Publish the released position (everything before it may be reused). */
+void mds_ring_release(mds_ring *ring, uint64_t new_read_pos);
+
+/* Pointer to position pos in the data area. */
+static inline const uint8_t *mds_ring_at(const mds_ring *ring, uint64_t pos) {
+    return ring->data + (pos & ring->mask);
+}
+
+/* Walk the records of a span [span, span+span_len) taken from the ring.  The
+ * header is copied before it is checked, so a hostile producer rewriting the
+ * span cannot make the walk leave it.  Returns 1 with *rec filled (and *pos
+ * advanced), 0 at the end of the span, MDS_ERR_CORRUPT on a bad record
+ * (message in err).  PAD records are skipped. */
+int mds_span_next(const uint8_t *span, uint64_t span_len, uint64_t *pos, mds_record *rec,
+                  mds_error *err);
+
+/* ---- Helpers -------------------------------------------------------------- */
+
+uint64_t mds_now_ns(void);            /* CLOCK_MONOTONIC */
+const char *mds_status_name(int status);
+/* Read the abort code and reason (reason_size bytes incl. NUL). */
+void mds_ring_abort_info(const mds_ring *ring, int32_t *code, char *reason, size_t reason_size);
+uint32_t mds_ring_state(const mds_ring *ring);
+int mds_pid_alive(uint32_t pid);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MDSTREAM_RING_H */

@@ -1,0 +1,63 @@
+/* Loops over the records of a span taken from the ring, for consumers written
+ * in C: the Python extension's built-in sinks run these without the GIL, and a
+ * native consumer can use them directly.  Every record header is re-checked
+ * as it is read, so a span rewritten under the consumer cannot make a loop
+ * read or write outside its bounds. */
+#ifndef MDSTREAM_SPAN_H
+#define MDSTREAM_SPAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "mdstream/ring.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mds_span_summary {
+    uint64_t records;
+    uint64_t bytes;        /* payload bytes */
+    uint64_t highest_end;  /* max(offset + length), 0 if no record */
+} mds_span_summary;
+
+/* Validate every record and summarise. */
+int mds_span_scan(const uint8_t *span, uint64_t span_len, mds_span_summary *summary, mds_error *err);
+/* Fill up to capacity entries; *count receives the number of records. */
+int mds_span_index(const uint8_t *span, uint64_t span_len, uint64_t *offsets, uint32_t *lengths,
+                   uint64_t *positions, uint64_t capacity, uint64_t *count, mds_error *err);
+/* Apply every record to dest[0:dest_size] (last write wins). */
+int mds_span_apply_memory(const uint8_t *span, uint64_t span_len, uint8_t *dest, uint64_t dest_size,
+                          mds_error *err);
+/* pwrite every record at its offset into fd, merging records whose offsets
+ * continue each other into one pwritev. */
+int mds_span_pwrite(const uint8_t *span, uint64_t span_len, int fd, mds_error *err);
+
+/* Buffered MDTRACE1 encoder. */
+typedef struct mds_trace_writer {
+    int fd;
+    uint8_t *buffer;
+    size_t size;
+    size_t fill;
+    uint64_t records;
+    uint64_t bytes_written;
+} mds_trace_writer;
+int mds_trace_writer_init(mds_trace_writer *w, int fd, size_t buffer_size, mds_error *err);
+int mds_trace_writer_append(mds_trace_writer *w, uint64_t offset, const uint8_t *data, uint32_t length, mds_error *err);
+int mds_trace_writer_span(mds_trace_writer *w, const uint8_t *span, uint64_t span_len, mds_error *err);
+int mds_trace_writer_flush(mds_trace_writer *w, mds_error *err);
+void mds_trace_writer_free(mds_trace_writer *w);
+
+/* A zero-filled byte buffer that grows without copying where the system
+ * allows it (mremap on Linux) and geometrically elsewhere. */
+typedef struct mds_growbuf {
+    uint8_t *data;
+    uint64_t size;       /* bytes the user sees */
+    uint64_t reserved;   /* bytes mapped/allocated */
+} mds_growbuf;
+int mds_growbuf_reserve(mds_growbuf *buf, uint64_t size, mds_error *err);
+void mds_growbuf_free(mds_growbuf *buf);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

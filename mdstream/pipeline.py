@@ -1,0 +1,245 @@
+"""The streaming pipeline: a producer (DbgHelp, the simulator, another process)
+fills a ring while this thread drains it into sinks.
+
+Sinks are any objects with ``consume(batch)``, ``finish()`` and
+``abort(error)``; the built-in ones run their per-record loop in C without the
+GIL, so Python is entered once per batch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
+
+from mdstream import errors
+from mdstream._ring import Batch, Ring
+
+__all__ = [
+    "Sink",
+    "Tee",
+    "Progress",
+    "StreamResult",
+    "drain",
+    "DEFAULT_RING_CAPACITY",
+]
+
+DEFAULT_RING_CAPACITY = 4 * 1024 * 1024
+PROGRESS_INTERVAL = 0.1
+# How long one read waits before the loop looks at the producer's health.
+POLL_INTERVAL = 0.05
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """What the pipeline hands batches to.
+
+    ``consume(batch)`` is called once per :class:`~mdstream.Batch` (records in
+    the order written; ``batch.offsets``, ``batch.lengths``, ``batch.view(i)``);
+    the batch is released after every sink consumed it, so keep nothing from it
+    past the call (copy what you need, or keep a view: the release is then
+    deferred until the view is gone, holding back the producer).
+    ``finish()`` is called once when the producer finished cleanly and returns
+    the sink's result; ``abort(error)`` when the dump failed.
+    """
+
+    def consume(self, batch: Batch) -> None: ...
+
+    def finish(self) -> Any: ...
+
+    def abort(self, error: BaseException) -> None: ...
+
+
+class Tee:
+    """Feeds every batch to several sinks in turn; ``finish`` returns their results as a list."""
+
+    def __init__(self, *sinks: Sink) -> None:
+        if not sinks:
+            raise ValueError("Tee needs at least one sink")
+        self.sinks = list(sinks)
+
+    def consume(self, batch: Batch) -> None:
+        for sink in self.sinks:
+            sink.consume(batch)
+
+    def finish(self) -> list[Any]:
+        return [sink.finish() for sink in self.sinks]
+
+    def abort(self, error: BaseException) -> None:
+        for sink in self.sinks:
+            try:
+                sink.abort(error)
+            except Exception:
+                pass
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress report: bytes and records drained so far, and the rate."""
+
+    bytes: int
+    records: int
+    writes: int
+    seconds: float
+    expected_bytes: int | None = None
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second since the start."""
+        return self.bytes / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class StreamResult:
+    """What a pipeline run did.
+
+    ``status`` is ``"ok"`` or ``"failed"``; ``bytes`` payload bytes drained,
+    ``writes`` the writer's I/O calls (when known), ``records`` ring records
+    drained (adjacent writes may share one), ``final_size`` the dump's size
+    (highest offset + length), ``outputs`` what each sink's ``finish`` returned.
+    """
+
+    status: str
+    bytes: int
+    writes: int
+    records: int
+    seconds: float
+    final_size: int
+    hresult: int | None = None
+    reason: str | None = None
+    outputs: list[Any] = field(default_factory=list)
+    sinks: list[Any] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def gbps(self) -> float:
+        """Payload gigabytes (1e9) per second."""
+        return self.bytes / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "status": self.status,
+            "bytes": self.bytes,
+            "writes": self.writes,
+            "records": self.records,
+            "seconds": self.seconds,
+            "gbps": self.gbps,
+            "final_size": self.final_size,
+        }
+        if self.hresult is not None:
+            out["hresult"] = f"0x{self.hresult & 0xFFFFFFFF:08X}"
+        if self.reason:
+            out["reason"] = self.reason
+        out.update(self.extra)
+        return out
+
+
+def _sink_size(sink: Any) -> int:
+    size = getattr(sink, "size", None)
+    if isinstance(size, int):
+        return size
+    inner = getattr(sink, "sinks", None)
+    if inner:
+        return max((_sink_size(s) for s in inner), default=0)
+    return 0
+
+
+@dataclass
+class _DrainState:
+    bytes: int = 0
+    records: int = 0
+    highest_end: int = 0
+
+
+def drain(
+    ring: Ring,
+    sinks: Sequence[Sink] | Sink,
+    *,
+    timeout: float | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    producer_failed: Callable[[], BaseException | None] | None = None,
+    writes: Callable[[], int] | None = None,
+    expected_bytes: int | None = None,
+    abort_code: int = 0x80004004,
+) -> StreamResult:
+    """Consume ``ring`` into ``sinks`` until the producer finishes.
+
+    ``timeout``: the longest time to wait with no data arriving (``None``:
+    forever, still interruptible).  ``producer_failed`` is polled while idle: a
+    producer in this process that failed without aborting the ring (a dump
+    writer that returned FALSE) ends the drain with its exception.  On any
+    failure the sinks are aborted, the ring is aborted (so the producer stops
+    at once instead of waiting for space) and the exception propagates.
+    """
+    sink_list: list[Sink] = list(sinks) if isinstance(sinks, (list, tuple)) else [sinks]  # type: ignore[list-item]
+    state = _DrainState()
+    started = time.perf_counter()
+    last_report = started
+    idle_since = started
+    try:
+        while True:
+            try:
+                batch = ring.read(timeout=POLL_INTERVAL)
+            except errors.RingTimeoutError:
+                now = time.perf_counter()
+                failure = producer_failed() if producer_failed else None
+                if failure is not None:
+                    raise failure
+                if timeout is not None and now - idle_since > timeout:
+                    raise errors.RingTimeoutError(f"no data from the producer for {timeout:g} s") from None
+                continue
+            if batch is None:
+                break
+            idle_since = time.perf_counter()
+            with batch:
+                for sink in sink_list:
+                    sink.consume(batch)
+                records, nbytes, _ = batch.summary()
+                state.records += records
+                state.bytes += nbytes
+            if progress is not None:
+                now = time.perf_counter()
+                if now - last_report >= PROGRESS_INTERVAL:
+                    last_report = now
+                    progress(Progress(state.bytes, state.records, writes() if writes else state.records,
+                                      now - started, expected_bytes))
+    except BaseException as exc:
+        if not ring.closed and ring.state == "open":
+            code = getattr(exc, "hresult", None) or abort_code
+            ring.abort(code, f"consumer failed: {type(exc).__name__}: {exc}"[:255])
+        for sink in sink_list:
+            try:
+                sink.abort(exc)
+            except Exception:
+                pass
+        raise
+    outputs = []
+    try:
+        for sink in sink_list:
+            outputs.append(sink.finish())
+    except BaseException as exc:
+        for sink in sink_list:
+            try:
+                sink.abort(exc)
+            except Exception:
+                pass
+        raise
+    seconds = time.perf_counter() - started
+    if progress is not None:
+        progress(Progress(state.bytes, state.records, writes() if writes else state.records, seconds, expected_bytes))
+    final_size = max((_sink_size(s) for s in sink_list), default=0)
+    return StreamResult(
+        status="ok",
+        bytes=state.bytes,
+        writes=writes() if writes else state.records,
+        records=state.records,
+        seconds=seconds,
+        final_size=final_size,
+        outputs=outputs,
+        sinks=sink_list,
+    )

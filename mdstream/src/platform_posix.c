@@ -1,0 +1,249 @@
+/* POSIX (Linux first) side of platform.h. */
+#ifndef _WIN32
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1
+#endif
+#include "platform.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
+
+int mds_set_error(mds_error *err, int status, int sys_errno, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        err->status = status;
+        err->sys_errno = sys_errno;
+        va_start(ap, fmt);
+        vsnprintf(err->message, sizeof err->message, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+uint64_t mds_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void mds_platform_wait_u32(uint32_t *word, uint32_t expected, uint64_t timeout_ns) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)(timeout_ns / 1000000000ull);
+    ts.tv_nsec = (long)(timeout_ns % 1000000000ull);
+#ifdef __linux__
+    /* Shared (not PRIVATE) futex: the word may live in a mapping another
+     * process shares. */
+    syscall(SYS_futex, word, FUTEX_WAIT, expected, &ts, NULL, 0);
+#else
+    if (__atomic_load_n(word, __ATOMIC_ACQUIRE) == expected) {
+        if (ts.tv_sec > 0 || ts.tv_nsec > 200000) {
+            ts.tv_sec = 0;
+            ts.tv_nsec = 200000;
+        }
+        nanosleep(&ts, NULL);
+    }
+#endif
+}
+
+void mds_platform_wake_u32(uint32_t *word) {
+#ifdef __linux__
+    syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
+#else
+    (void)word;
+#endif
+}
+
+uint32_t mds_platform_pid(void) { return (uint32_t)getpid(); }
+
+uint64_t mds_platform_random64(void) {
+    uint64_t value = 0;
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, &value, sizeof value);
+        close(fd);
+        if (n == (ssize_t)sizeof value && value != 0) return value;
+    }
+    /* Fallback mixes time and pid; tokens only need to differ between handles. */
+    value = mds_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&value;
+    return value ? value : 1;
+}
+
+int mds_pid_alive(uint32_t pid) {
+    if (pid == 0) return 1;
+    if (kill((pid_t)pid, 0) == 0) return 1;
+    /* EPERM: it exists but belongs to someone else. */
+    return errno != ESRCH;
+}
+
+/* A name without '/' is a POSIX shared-memory object; on Linux those live in
+ * /dev/shm, and going through the path lets us use O_NOFOLLOW and fstat the
+ * same way for both. */
+static int resolve_path(const char *name, char *out, size_t out_size, mds_error *err) {
+    int n;
+    if (name[0] == '\0') return mds_set_error(err, MDS_ERR_ARG, 0, "empty ring name");
+    if (strchr(name, '/') == NULL) {
+        n = snprintf(out, out_size, "/dev/shm/%s", name);
+    } else {
+        n = snprintf(out, out_size, "%s", name);
+    }
+    if (n < 0 || (size_t)n >= out_size)
+        return mds_set_error(err, MDS_ERR_ARG, 0, "ring name too long (%zu bytes)", strlen(name));
+    return MDS_OK;
+}
+
+int mds_platform_map_create(mds_ring *ring, const char *name, size_t map_size, mds_error *err) {
+    void *base;
+    ring->fd = -1;
+    ring->path[0] = '\0';
+    ring->name[0] = '\0';
+    if (name == NULL) {
+        base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (base == MAP_FAILED)
+            return mds_set_error(err, MDS_ERR_SYS, errno, "mmap of %zu bytes failed: %s", map_size,
+                                 strerror(errno));
+    } else {
+        int fd, rc;
+        if (resolve_path(name, ring->path, sizeof ring->path, err) != MDS_OK) return err->status;
+        snprintf(ring->name, sizeof ring->name, "%s", name);
+        /* O_EXCL with O_CREAT never follows a symlink at the last component;
+         * O_NOFOLLOW says so explicitly. */
+        fd = open(ring->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            int e = errno;
+            if (e == EEXIST)
+                return mds_set_error(err, MDS_ERR_EXISTS, e, "ring %s already exists", ring->path);
+            return mds_set_error(err, MDS_ERR_SYS, e, "cannot create ring %s: %s", ring->path, strerror(e));
+        }
+        /* umask may only remove bits; make the mode exactly 0600. */
+        if (fchmod(fd, 0600) != 0 || ftruncate(fd, (off_t)map_size) != 0) {
+            int e = errno;
+            close(fd);
+            unlink(ring->path);
+            return mds_set_error(err, e == ENOSPC ? MDS_ERR_SYS : MDS_ERR_SYS, e,
+                                 "cannot size ring %s to %zu bytes: %s", ring->path, map_size, strerror(e));
+        }
+#ifdef __linux__
+        /* Reserve the blocks now so a full /dev/shm fails here, not as SIGBUS later. */
+        rc = posix_fallocate(fd, 0, (off_t)map_size);
+        if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL) {
+            close(fd);
+            unlink(ring->path);
+            return mds_set_error(err, MDS_ERR_SYS, rc, "cannot allocate %zu bytes for ring %s: %s",
+                                 map_size, ring->path, strerror(rc));
+        }
+#else
+        (void)rc;
+#endif
+        base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (base == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            unlink(ring->path);
+            return mds_set_error(err, MDS_ERR_SYS, e, "mmap of ring %s failed: %s", ring->path, strerror(e));
+        }
+        ring->fd = fd;
+    }
+    ring->map_base = base;
+    ring->map_size = map_size;
+    return MDS_OK;
+}
+
+int mds_platform_map_attach(mds_ring *ring, const char *name, mds_ring_header *header_copy,
+                            uint64_t *file_size, mds_error *err) {
+    struct stat st;
+    int fd;
+    ssize_t got;
+    ring->fd = -1;
+    if (name == NULL) return mds_set_error(err, MDS_ERR_ARG, 0, "attach needs a ring name or path");
+    if (resolve_path(name, ring->path, sizeof ring->path, err) != MDS_OK) return err->status;
+    snprintf(ring->name, sizeof ring->name, "%s", name);
+    fd = open(ring->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        if (e == ENOENT) return mds_set_error(err, MDS_ERR_NOT_FOUND, e, "no ring at %s", ring->path);
+        if (e == ELOOP)
+            return mds_set_error(err, MDS_ERR_PERMISSION, e, "refusing to follow a symlink at %s", ring->path);
+        return mds_set_error(err, MDS_ERR_SYS, e, "cannot open ring %s: %s", ring->path, strerror(e));
+    }
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return mds_set_error(err, MDS_ERR_SYS, e, "cannot stat ring %s: %s", ring->path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return mds_set_error(err, MDS_ERR_FORMAT, 0, "%s is not a regular file", ring->path);
+    }
+    if (st.st_uid != geteuid()) {
+        close(fd);
+        return mds_set_error(err, MDS_ERR_PERMISSION, 0, "ring %s belongs to uid %u, not to this user (%u)",
+                             ring->path, (unsigned)st.st_uid, (unsigned)geteuid());
+    }
+    if ((st.st_mode & 077) != 0) {
+        close(fd);
+        return mds_set_error(err, MDS_ERR_PERMISSION, 0,
+                             "ring %s is accessible by other users (mode %04o); expected 0600", ring->path,
+                             (unsigned)(st.st_mode & 07777));
+    }
+    if ((uint64_t)st.st_size < sizeof(mds_ring_header)) {
+        close(fd);
+        return mds_set_error(err, MDS_ERR_FORMAT, 0, "%s is truncated: %lld bytes, a ring header needs %zu",
+                             ring->path, (long long)st.st_size, sizeof(mds_ring_header));
+    }
+    got = pread(fd, header_copy, sizeof *header_copy, 0);
+    if (got != (ssize_t)sizeof *header_copy) {
+        int e = errno;
+        close(fd);
+        return mds_set_error(err, MDS_ERR_FORMAT, got < 0 ? e : 0, "cannot read the header of %s", ring->path);
+    }
+    *file_size = (uint64_t)st.st_size;
+    ring->fd = fd;
+    return MDS_OK;
+}
+
+int mds_platform_map_attach_finish(mds_ring *ring, size_t map_size, mds_error *err) {
+    void *base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED, (int)ring->fd, 0);
+    if (base == MAP_FAILED) {
+        int e = errno;
+        close((int)ring->fd);
+        ring->fd = -1;
+        return mds_set_error(err, MDS_ERR_SYS, e, "mmap of ring %s failed: %s", ring->path, strerror(e));
+    }
+    ring->map_base = base;
+    ring->map_size = map_size;
+    return MDS_OK;
+}
+
+void mds_platform_unmap(mds_ring *ring) {
+    if (ring->map_base) munmap(ring->map_base, ring->map_size);
+    ring->map_base = NULL;
+    if (ring->fd >= 0) close((int)ring->fd);
+    ring->fd = -1;
+}
+
+int mds_platform_unlink(const char *name, mds_error *err) {
+    char path[512];
+    if (resolve_path(name, path, sizeof path, err) != MDS_OK) return err->status;
+    if (unlink(path) != 0) {
+        int e = errno;
+        if (e == ENOENT) return mds_set_error(err, MDS_ERR_NOT_FOUND, e, "no ring at %s", path);
+        return mds_set_error(err, MDS_ERR_SYS, e, "cannot remove ring %s: %s", path, strerror(e));
+    }
+    return MDS_OK;
+}
+
+#endif /* !_WIN32 */

@@ -1,0 +1,263 @@
+/* Record loops for C consumers; see span.h. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1
+#endif
+#include "mdstream/span.h"
+#include "platform.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef _WIN32
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#endif
+
+int mds_span_scan(const uint8_t *span, uint64_t span_len, mds_span_summary *summary, mds_error *err) {
+    uint64_t pos = 0;
+    mds_record rec;
+    int rc;
+    summary->records = summary->bytes = summary->highest_end = 0;
+    while ((rc = mds_span_next(span, span_len, &pos, &rec, err)) == 1) {
+        summary->records++;
+        summary->bytes += rec.length;
+        if (rec.offset + rec.length > summary->highest_end) summary->highest_end = rec.offset + rec.length;
+    }
+    return rc == 0 ? MDS_OK : rc;
+}
+
+int mds_span_index(const uint8_t *span, uint64_t span_len, uint64_t *offsets, uint32_t *lengths,
+                   uint64_t *positions, uint64_t capacity, uint64_t *count, mds_error *err) {
+    uint64_t pos = 0, n = 0;
+    mds_record rec;
+    int rc;
+    while ((rc = mds_span_next(span, span_len, &pos, &rec, err)) == 1) {
+        if (n == capacity)
+            return mds_set_error(err, MDS_ERR_CORRUPT, 0, "span changed while it was indexed (more than %llu records)",
+                                 (unsigned long long)capacity);
+        offsets[n] = rec.offset;
+        lengths[n] = rec.length;
+        positions[n] = rec.payload_pos;
+        n++;
+    }
+    *count = n;
+    return rc == 0 ? MDS_OK : rc;
+}
+
+int mds_span_apply_memory(const uint8_t *span, uint64_t span_len, uint8_t *dest, uint64_t dest_size,
+                          mds_error *err) {
+    uint64_t pos = 0;
+    mds_record rec;
+    int rc;
+    while ((rc = mds_span_next(span, span_len, &pos, &rec, err)) == 1) {
+        if (rec.offset > dest_size || rec.length > dest_size - rec.offset)
+            return mds_set_error(err, MDS_ERR_CORRUPT, 0, "record for [%llu, %llu) changed after it was checked",
+                                 (unsigned long long)rec.offset, (unsigned long long)(rec.offset + rec.length));
+        memcpy(dest + rec.offset, span + rec.payload_pos, rec.length);
+    }
+    return rc == 0 ? MDS_OK : rc;
+}
+
+#ifndef _WIN32
+#ifndef IOV_MAX
+#define IOV_MAX 1024
+#endif
+#define PWRITE_IOV 256
+
+static int pwrite_all(int fd, struct iovec *iov, int iovcnt, uint64_t offset, mds_error *err) {
+    while (iovcnt > 0) {
+        ssize_t n = pwritev(fd, iov, iovcnt, (off_t)offset);
+        if (n < 0) {
+            int e = errno;
+            if (e == EINTR) continue;
+            return mds_set_error(err, MDS_ERR_SYS, e, "write at offset %llu failed: %s", (unsigned long long)offset,
+                                 strerror(e));
+        }
+        offset += (uint64_t)n;
+        while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
+            n -= (ssize_t)iov->iov_len;
+            iov++;
+            iovcnt--;
+        }
+        if (iovcnt > 0) {
+            iov->iov_base = (uint8_t *)iov->iov_base + n;
+            iov->iov_len -= (size_t)n;
+        }
+    }
+    return MDS_OK;
+}
+
+int mds_span_pwrite(const uint8_t *span, uint64_t span_len, int fd, mds_error *err) {
+    struct iovec iov[PWRITE_IOV];
+    int iovcnt = 0;
+    uint64_t run_start = 0, run_end = 0, pos = 0;
+    mds_record rec;
+    int rc;
+    while ((rc = mds_span_next(span, span_len, &pos, &rec, err)) == 1) {
+        if (rec.offset > (uint64_t)INT64_MAX - rec.length)
+            return mds_set_error(err, MDS_ERR_CORRUPT, 0, "record offset %llu is beyond what a file can hold",
+                                 (unsigned long long)rec.offset);
+        if (rec.length == 0) continue;
+        if (iovcnt > 0 && (rec.offset != run_end || iovcnt == PWRITE_IOV)) {
+            if (pwrite_all(fd, iov, iovcnt, run_start, err) != MDS_OK) return err->status;
+            iovcnt = 0;
+        }
+        if (iovcnt == 0) run_start = run_end = rec.offset;
+        iov[iovcnt].iov_base = (void *)(span + rec.payload_pos);
+        iov[iovcnt].iov_len = rec.length;
+        iovcnt++;
+        run_end += rec.length;
+    }
+    if (rc != 0) return rc;
+    if (iovcnt > 0) return pwrite_all(fd, iov, iovcnt, run_start, err);
+    return MDS_OK;
+}
+
+static int write_all(int fd, const uint8_t *data, size_t length, mds_error *err) {
+    while (length > 0) {
+        ssize_t n = write(fd, data, length);
+        if (n < 0) {
+            int e = errno;
+            if (e == EINTR) continue;
+            return mds_set_error(err, MDS_ERR_SYS, e, "trace write failed: %s", strerror(e));
+        }
+        data += n;
+        length -= (size_t)n;
+    }
+    return MDS_OK;
+}
+#else
+int mds_span_pwrite(const uint8_t *span, uint64_t span_len, int fd, mds_error *err) {
+    (void)span; (void)span_len; (void)fd;
+    return mds_set_error(err, MDS_ERR_ARG, 0, "mds_span_pwrite is POSIX-only");
+}
+static int write_all(int fd, const uint8_t *data, size_t length, mds_error *err) {
+    (void)fd; (void)data; (void)length;
+    return mds_set_error(err, MDS_ERR_ARG, 0, "trace writing is POSIX-only in the C core");
+}
+#endif
+
+int mds_trace_writer_init(mds_trace_writer *w, int fd, size_t buffer_size, mds_error *err) {
+    memset(w, 0, sizeof *w);
+    w->fd = fd;
+    if (buffer_size < 4096) buffer_size = 4096;
+    w->buffer = (uint8_t *)malloc(buffer_size);
+    if (w->buffer == NULL) return mds_set_error(err, MDS_ERR_SYS, ENOMEM, "out of memory for the trace buffer");
+    w->size = buffer_size;
+    return MDS_OK;
+}
+
+int mds_trace_writer_flush(mds_trace_writer *w, mds_error *err) {
+    if (w->fill) {
+        int rc = write_all(w->fd, w->buffer, w->fill, err);
+        if (rc != MDS_OK) return rc;
+        w->bytes_written += w->fill;
+        w->fill = 0;
+    }
+    return MDS_OK;
+}
+
+static void put_le64(uint8_t *p, uint64_t v) {
+    int i;
+    for (i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put_le32(uint8_t *p, uint32_t v) {
+    int i;
+    for (i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+int mds_trace_writer_append(mds_trace_writer *w, uint64_t offset, const uint8_t *data, uint32_t length, mds_error *err) {
+    uint8_t header[16];
+    put_le64(header, offset);
+    put_le32(header + 8, length);
+    put_le32(header + 12, 0);
+    if (w->size - w->fill < sizeof header && mds_trace_writer_flush(w, err) != MDS_OK) return err->status;
+    memcpy(w->buffer + w->fill, header, sizeof header);
+    w->fill += sizeof header;
+    if (length > w->size - w->fill) {
+        /* Large payloads go straight to the file. */
+        if (mds_trace_writer_flush(w, err) != MDS_OK) return err->status;
+        if (length >= w->size) {
+            int rc = write_all(w->fd, data, length, err);
+            if (rc != MDS_OK) return rc;
+            w->bytes_written += length;
+            w->records++;
+            return MDS_OK;
+        }
+    }
+    memcpy(w->buffer + w->fill, data, length);
+    w->fill += length;
+    w->records++;
+    return MDS_OK;
+}
+
+int mds_trace_writer_span(mds_trace_writer *w, const uint8_t *span, uint64_t span_len, mds_error *err) {
+    uint64_t pos = 0;
+    mds_record rec;
+    int rc;
+    while ((rc = mds_span_next(span, span_len, &pos, &rec, err)) == 1) {
+        if (mds_trace_writer_append(w, rec.offset, span + rec.payload_pos, rec.length, err) != MDS_OK)
+            return err->status;
+    }
+    return rc == 0 ? MDS_OK : rc;
+}
+
+void mds_trace_writer_free(mds_trace_writer *w) {
+    free(w->buffer);
+    w->buffer = NULL;
+}
+
+int mds_growbuf_reserve(mds_growbuf *buf, uint64_t size, mds_error *err) {
+    uint64_t want;
+    if (size <= buf->reserved) {
+        if (size > buf->size) buf->size = size;
+        return MDS_OK;
+    }
+    want = buf->reserved ? buf->reserved : 1u << 20;
+    while (want < size) {
+        if (want > UINT64_MAX / 2) return mds_set_error(err, MDS_ERR_ARG, 0, "buffer size %llu too large", (unsigned long long)size);
+        want *= 2;
+    }
+    if (want > (uint64_t)SIZE_MAX) return mds_set_error(err, MDS_ERR_ARG, 0, "buffer size %llu too large", (unsigned long long)size);
+#if defined(__linux__)
+    {
+        /* Anonymous mappings are zero-filled and mremap moves pages instead
+         * of copying bytes, so growth stays linear. */
+        void *p;
+        if (buf->data == NULL)
+            p = mmap(NULL, (size_t)want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        else
+            p = mremap(buf->data, (size_t)buf->reserved, (size_t)want, MREMAP_MAYMOVE);
+        if (p == MAP_FAILED)
+            return mds_set_error(err, MDS_ERR_SYS, errno, "cannot grow the memory sink to %llu bytes: %s",
+                                 (unsigned long long)want, strerror(errno));
+        buf->data = (uint8_t *)p;
+    }
+#else
+    {
+        uint8_t *p = (uint8_t *)realloc(buf->data, (size_t)want);
+        if (p == NULL)
+            return mds_set_error(err, MDS_ERR_SYS, ENOMEM, "cannot grow the memory sink to %llu bytes",
+                                 (unsigned long long)want);
+        memset(p + buf->reserved, 0, (size_t)(want - buf->reserved));
+        buf->data = p;
+    }
+#endif
+    buf->reserved = want;
+    buf->size = size;
+    return MDS_OK;
+}
+
+void mds_growbuf_free(mds_growbuf *buf) {
+#if defined(__linux__)
+    if (buf->data) munmap(buf->data, (size_t)buf->reserved);
+#else
+    free(buf->data);
+#endif
+    buf->data = NULL;
+    buf->size = buf->reserved = 0;
+}
