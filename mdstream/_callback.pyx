@@ -22,6 +22,11 @@ cnp.import_array()
 CALLBACK_TYPE_COUNT = MDS_CALLBACK_TYPES
 
 
+cdef inline HRESULT as_hresult(object value) except? -1:
+    cdef uint32_t bits = <uint32_t>(int(value) & 0xFFFFFFFF)
+    return <HRESULT><int32_t>bits
+
+
 cdef int python_hook_trampoline(void *hook_param, PMINIDUMP_CALLBACK_INPUT input,
                                 PMINIDUMP_CALLBACK_OUTPUT output) noexcept nogil:
     # The one place a non-I/O callback enters Python.  Any exception is stored
@@ -78,8 +83,8 @@ cdef class DumpCallback:
         options.include_threads = 1 if include_threads else 0
         options.module_write_flags_mask = <ULONG>(int(module_write_flags_mask) & 0xFFFFFFFF)
         options.thread_write_flags_mask = <ULONG>(int(thread_write_flags_mask) & 0xFFFFFFFF)
-        options.read_memory_failure_status = <HRESULT><int32_t>(int(read_memory_failure_status) & 0xFFFFFFFF)
-        options.is_process_snapshot_status = <HRESULT><int32_t>(int(is_process_snapshot_status) & 0xFFFFFFFF)
+        options.read_memory_failure_status = as_hresult(read_memory_failure_status)
+        options.is_process_snapshot_status = as_hresult(is_process_snapshot_status)
         options.coalesce = 1 if coalesce else 0
         if int(publish_bytes) < 0:
             raise ValueError("publish_bytes must be >= 0")
@@ -193,6 +198,7 @@ cdef class DumpCallback:
         err.status = self.ctx.failure_ring_status
         err.sys_errno = 0
         err.message = self.ctx.failure_reason
+        err.abort_code = 0
         try:
             raise_for(err.status, &err)
         except Exception as exc:

@@ -36,6 +36,8 @@ cdef extern from "mdstream/ring.h" nogil:
         uint64_t producer_heartbeat_ns
         uint64_t consumer_heartbeat_ns
         uint64_t records_written
+        uint32_t producer_waiting
+        uint32_t consumer_waiting
         uint32_t state
         int32_t abort_code
         uint32_t flags
@@ -60,6 +62,7 @@ cdef extern from "mdstream/ring.h" nogil:
     ctypedef struct mds_error:
         int status
         int sys_errno
+        int32_t abort_code
         char message[256]
 
     cdef struct mds_ring_producer_state:

@@ -40,6 +40,8 @@ cdef int raise_for(int status, const mds_error *err) except -1:
         raise _errors.RingExistsError(message)
     if status == MDS_ERR_TIMEOUT:
         raise _errors.RingTimeoutError(message)
+    if status == MDS_ERR_ABORTED:
+        raise _errors.RingAbortedError(<uint32_t>err.abort_code if err != NULL else 0, message)
     if status == MDS_ERR_FINISHED:
         raise _errors.RingFinishedError(message)
     if status == MDS_ERR_BUSY:
@@ -235,7 +237,9 @@ cdef class Ring:
         Waits for space up to ``timeout`` seconds (``None``: as long as it takes,
         interruptible with Ctrl-C); raises :class:`RingTimeoutError` instead of
         dropping data.  Writes larger than :attr:`max_payload` become several
-        records.  Publishes immediately.
+        records; if such a write fails part-way, the exception's
+        ``bytes_written`` says how long a prefix was delivered.  Publishes
+        immediately.
         """
         cdef Py_buffer view
         cdef mds_error err
@@ -271,7 +275,13 @@ cdef class Ring:
                     PyErr_CheckSignals()
                     continue   # nothing of this chunk was written: retry it
                 if rc != MDS_OK:
-                    raise_for(rc, &err)
+                    try:
+                        raise_for(rc, &err)
+                    except _errors.RingError as exc:
+                        # A write larger than max_payload is several records:
+                        # say how much of it the consumer will see.
+                        exc.bytes_written = done
+                        raise
                 done += chunk
                 if done >= length:
                     break
@@ -307,7 +317,8 @@ cdef class Ring:
         encoded = str(reason).encode("utf-8", "replace")[:255]
         if b"\0" in encoded:
             encoded = encoded.replace(b"\0", b" ")
-        return mds_ring_abort(&self.c, <int32_t>(icode & 0xFFFFFFFF), encoded) == MDS_OK
+        cdef uint32_t bits = <uint32_t>(icode & 0xFFFFFFFF)
+        return mds_ring_abort(&self.c, <int32_t>bits, encoded) == MDS_OK
 
     # ---- consumer -------------------------------------------------------
 

@@ -27,6 +27,7 @@ int mds_set_error(mds_error *err, int status, int sys_errno, const char *fmt, ..
         va_list ap;
         err->status = status;
         err->sys_errno = sys_errno;
+        err->abort_code = 0;
         va_start(ap, fmt);
         vsnprintf(err->message, sizeof err->message, fmt, ap);
         va_end(ap);

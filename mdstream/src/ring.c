@@ -278,7 +278,9 @@ static int abort_status(mds_ring *ring, mds_error *err) {
     int32_t code;
     char reason[MDS_RING_REASON_SIZE];
     mds_ring_abort_info(ring, &code, reason, sizeof reason);
-    return mds_set_error(err, MDS_ERR_ABORTED, 0, "ring aborted (code 0x%08x): %s", (unsigned)code, reason);
+    mds_set_error(err, MDS_ERR_ABORTED, 0, "%s", reason);
+    if (err) err->abort_code = code;
+    return MDS_ERR_ABORTED;
 }
 
 /* Wait until [pos, pos+need) is free.  Publishes pending records first: the

@@ -116,6 +116,7 @@ typedef enum mds_status {
 typedef struct mds_error {
     int status;
     int sys_errno;
+    int32_t abort_code;     /* MDS_ERR_ABORTED: the ring's code; message holds its reason */
     char message[256];
 } mds_error;
 
