@@ -11,6 +11,7 @@ cdef class Ring:
     cdef dict pending_releases      # start -> end of batches released out of order
     cdef Py_ssize_t live_batches
     cdef Py_ssize_t live_exports
+    cdef Py_ssize_t deferred_batches   # released while views were alive
     cdef object __weakref__
 
     cdef int check_mapped(self) except -1
@@ -25,6 +26,7 @@ cdef class Batch:
     cdef uint64_t span_len
     cdef Py_ssize_t exports
     cdef bint release_requested
+    cdef bint deferred
     cdef bint is_released
     cdef object index_cache         # (offsets, lengths, positions) once built
     cdef Py_ssize_t shape[1]

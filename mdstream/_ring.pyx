@@ -84,6 +84,7 @@ cdef class Ring:
         self.pending_releases = {}
         self.live_batches = 0
         self.live_exports = 0
+        self.deferred_batches = 0
 
     def __init__(self):
         raise TypeError("use Ring.create(...) or Ring.attach(...)")
@@ -342,6 +343,7 @@ cdef class Ring:
             if rc != MDS_OK:
                 raise_for(rc, &err)
         deadline = deadline_after(timeout)
+        stalled_since = 0
         while True:
             rc = mds_ring_poll(&self.c, &start, &end, &err)
             if rc == MDS_OK:
@@ -369,6 +371,18 @@ cdef class Ring:
             now = mds_now_ns()
             if deadline and now >= deadline:
                 raise _errors.RingTimeoutError(f"no data within {timeout} s")
+            # A deferred release holds space; if the producer is waiting for
+            # exactly that space, only this consumer can end the wait.
+            if self.deferred_batches and self.c.header.producer_waiting:
+                if not stalled_since:
+                    stalled_since = now
+                elif now - stalled_since > 1_000_000_000:
+                    raise BufferError(
+                        f"the producer is waiting for space that {self.deferred_batches} released batch(es) "
+                        "still hold through live numpy views; drop those views (a leftover loop variable?) "
+                        "or copy the data you keep")
+            else:
+                stalled_since = 0
             slice_ns = WAIT_SLICE_NS
             if deadline and deadline - now < slice_ns:
                 slice_ns = deadline - now
@@ -473,6 +487,7 @@ cdef class Batch:
         self.exports = 0
         self.release_requested = False
         self.is_released = False
+        self.deferred = False
         self.index_cache = None
 
     def __init__(self):
@@ -514,6 +529,8 @@ cdef class Batch:
         self.is_released = True
         self.index_cache = None
         self.ring.live_batches -= 1
+        if self.deferred:
+            self.ring.deferred_batches -= 1
         if self.ring.mapped:
             self.ring.release_range(self.start, self.end)
         return 0
@@ -525,6 +542,9 @@ cdef class Batch:
         self.release_requested = True
         if self.exports == 0:
             self.do_release()
+        else:
+            self.deferred = True
+            self.ring.deferred_batches += 1
 
     @property
     def released(self):

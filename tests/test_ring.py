@@ -590,3 +590,27 @@ def test_no_reference_or_memory_leak_over_a_million_records():
     assert len(gc.get_objects()) - objects < 100
     assert current < 1 << 20
     del ring2
+
+
+def test_a_view_left_alive_while_the_producer_waits_is_diagnosed():
+    """The classic trap: a loop variable keeps the last view (and its space) alive."""
+    ring = Ring.create(None, 4096)
+
+    def produce():
+        try:
+            for i in range(20):
+                ring.write(i, b"z" * 1500, timeout=10)
+        except Exception:
+            pass
+
+    t = threading.Thread(target=produce)
+    t.start()
+    with pytest.raises(BufferError, match="live numpy views"):
+        while True:
+            batch = ring.read(timeout=10)
+            with batch:
+                for offset, view in batch:
+                    pass
+    ring.abort(0x80004004, "test over")
+    t.join(15)
+    assert not t.is_alive()
