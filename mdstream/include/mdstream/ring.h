@@ -61,7 +61,7 @@ typedef struct mds_ring_header {
     uint64_t max_payload;       /* 40  largest payload of one record */
     uint32_t creator_pid;       /* 48 */
     uint32_t reserved0;         /* 52 */
-    uint64_t created_ns;        /* 56  CLOCK_REALTIME at creation */
+    uint64_t created_ns;        /* 56  CLOCK_MONOTONIC at creation */
     uint8_t pad0[64];
 
     /* line 1 (128): written by the producer */
