@@ -373,7 +373,11 @@ cdef class Ring:
                 raise _errors.RingTimeoutError(f"no data within {timeout} s")
             # A deferred release holds space; if the producer is waiting for
             # exactly that space, only this consumer can end the wait.
-            if self.deferred_batches and self.c.header.producer_waiting:
+            # (Checked at two moments at least a second apart, so the brief
+            # gaps between the producer's wait slices do not hide it.)
+            if not self.deferred_batches:
+                stalled_since = 0
+            elif self.c.header.producer_waiting:
                 if not stalled_since:
                     stalled_since = now
                 elif now - stalled_since > 1_000_000_000:
@@ -381,8 +385,6 @@ cdef class Ring:
                         f"the producer is waiting for space that {self.deferred_batches} released batch(es) "
                         "still hold through live numpy views; drop those views (a leftover loop variable?) "
                         "or copy the data you keep")
-            else:
-                stalled_since = 0
             slice_ns = WAIT_SLICE_NS
             if deadline and deadline - now < slice_ns:
                 slice_ns = deadline - now

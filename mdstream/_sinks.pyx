@@ -289,10 +289,12 @@ cdef class TraceSink:
     cdef readonly str temp_path
     cdef readonly bint keep_on_abort
     cdef readonly str state
+    cdef uint64_t final_records
 
     def __cinit__(self):
         self.fd = -1
         self.writer_ready = False
+        self.final_records = 0
 
     def __init__(self, path, *, keep_on_abort=True):
         cdef mds_error err
@@ -322,11 +324,13 @@ cdef class TraceSink:
 
     @property
     def records(self):
-        return self.writer.records if self.writer_ready else 0
+        """Records written to the trace."""
+        return self.writer.records if self.writer_ready else self.final_records
 
     cdef _close(self, bint keep, str final_path):
         cdef mds_error err
         rc = mds_trace_writer_flush(&self.writer, &err)
+        self.final_records = self.writer.records
         if self.writer_ready:
             mds_trace_writer_free(&self.writer)
             self.writer_ready = False

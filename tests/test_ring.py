@@ -595,22 +595,60 @@ def test_no_reference_or_memory_leak_over_a_million_records():
 def test_a_view_left_alive_while_the_producer_waits_is_diagnosed():
     """The classic trap: a loop variable keeps the last view (and its space) alive."""
     ring = Ring.create(None, 4096)
+    two_written = threading.Event()
 
     def produce():
         try:
-            for i in range(20):
-                ring.write(i, b"z" * 1500, timeout=10)
+            ring.write(0, b"z" * 1500, timeout=10)
+            ring.write(1, b"z" * 1500, timeout=10)
+            two_written.set()
+            ring.write(2, b"z" * 1500, timeout=10)  # needs space the first batch holds
         except Exception:
             pass
 
     t = threading.Thread(target=produce)
     t.start()
+    assert two_written.wait(10)
+    batch = ring.read(timeout=10)
+    assert len(batch) == 2
+    with batch:
+        for offset, view in batch:
+            pass
+    assert not batch.released  # deferred: `view` is still alive
     with pytest.raises(BufferError, match="live numpy views"):
-        while True:
-            batch = ring.read(timeout=10)
-            with batch:
-                for offset, view in batch:
-                    pass
+        ring.read(timeout=10)
     ring.abort(0x80004004, "test over")
     t.join(15)
     assert not t.is_alive()
+    del view
+    assert batch.released
+
+
+@pytest.mark.parametrize("how", ["exit-without-finish", "sigkill"])
+def test_a_dead_producer_is_noticed_even_before_it_is_reaped(ring_name, how):
+    from mdstream import ProducerGoneError
+
+    ring = Ring.create(ring_name, 65536)
+    child = _run_child(
+        """
+        import os, signal, sys, time
+        from mdstream import Ring
+        ring = Ring.attach(sys.argv[1])
+        ring.write(0, b"partial", timeout=10)
+        if sys.argv[2] == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(0)   # no close(): the ring is not marked detached
+        """,
+        ring_name,
+        how,
+    )
+    got = []
+    start = time.monotonic()
+    with pytest.raises(ProducerGoneError, match=str(child.pid)):
+        while True:
+            batch = ring.read(timeout=20)
+            with batch:
+                got.extend((o, v.tobytes()) for o, v in batch)
+    assert time.monotonic() - start < 10
+    assert got == [(0, b"partial")]
+    child.wait()  # reaped only now: the zombie was detected

@@ -85,9 +85,28 @@ uint64_t mds_platform_random64(void) {
 
 int mds_pid_alive(uint32_t pid) {
     if (pid == 0) return 1;
-    if (kill((pid_t)pid, 0) == 0) return 1;
-    /* EPERM: it exists but belongs to someone else. */
-    return errno != ESRCH;
+    if (kill((pid_t)pid, 0) != 0) return errno != ESRCH; /* EPERM: exists, someone else's */
+#ifdef __linux__
+    {
+        /* A dead child its parent has not reaped yet still answers kill():
+         * its state in /proc/PID/stat (after the last ')') is 'Z'. */
+        char path[64], buf[512];
+        int fd;
+        ssize_t n;
+        snprintf(path, sizeof path, "/proc/%u/stat", pid);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return errno != ENOENT;
+        n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n > 0) {
+            char *paren;
+            buf[n] = '\0';
+            paren = strrchr(buf, ')');
+            if (paren && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X')) return 0;
+        }
+    }
+#endif
+    return 1;
 }
 
 /* A name without '/' is a POSIX shared-memory object; on Linux those live in

@@ -1,0 +1,773 @@
+"""The ``mdstream`` command: replay, drain, info, dump, demo, and its failure modes."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import logging
+import os
+import secrets
+import stat
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import types
+from pathlib import Path
+
+import pytest
+
+from mdstream import FileSink, Ring, cli
+from mdstream.cli import main, parse_size
+from mdstream.sample import build_sample_minidump
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "dumps"
+FIXTURE_DUMPS = sorted(FIXTURES.glob("*.dmp")) if FIXTURES.is_dir() else []
+SCHEDULES = ["writer", "sequential", "shuffled"]
+RESULT_KEYS = {"bytes", "writes", "records", "seconds", "gbps", "output", "sha256", "size"}
+
+needs_fixtures = pytest.mark.skipif(not FIXTURE_DUMPS, reason="../shared/fixtures/dumps is absent")
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run_json(capsys, argv):
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert err == ""
+    assert out.count("\n") == 1, "one JSON object on one line"
+    return json.loads(out)
+
+
+def assert_one_error_line(err: str, *needles: str) -> None:
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mdstream: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Temporary or partial files a failed run might leave behind."""
+    return sorted(p.name for p in Path(directory).iterdir() if p.name.startswith(".") or "partial" in p.name)
+
+
+@contextlib.contextmanager
+def quiet_logging():
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def pypi_parse(path: Path):
+    """Threads, modules and memory ranges (with their bytes) as the PyPI ``minidump`` package reads them."""
+    minidumpfile = pytest.importorskip("minidump.minidumpfile")
+    with quiet_logging():
+        md = minidumpfile.MinidumpFile.parse(str(path))
+    threads = [(t.ThreadId, t.Teb, t.Stack.StartOfMemoryRange, t.Stack.DataSize, t.ThreadContext.DataSize)
+               for t in (md.threads.threads if md.threads else [])]
+    modules = [(m.name, m.baseaddress, m.size) for m in (md.modules.modules if md.modules else [])]
+    segments = []
+    for lst in (md.memory_segments, md.memory_segments_64):
+        if lst is not None:
+            segments += [(s.start_virtual_address, s.size) for s in lst.memory_segments]
+    reader = md.get_reader()
+    contents = {}
+    for start, size in segments:
+        with quiet_logging():
+            contents[start] = hashlib.sha256(reader.read(start, size)).hexdigest()
+    return {"threads": threads, "modules": modules, "memory": segments, "contents": contents}
+
+
+@pytest.fixture
+def ring_name():
+    name = f"mdstream-cli-{os.getpid()}-{secrets.token_hex(4)}"
+    yield name
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"/dev/shm/{name}")
+
+
+@pytest.fixture(scope="module")
+def sample_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sample") / "sample.dmp"
+    path.write_bytes(build_sample_minidump(0))
+    return path
+
+
+# --------------------------------------------------------------------------
+# replay
+# --------------------------------------------------------------------------
+
+
+@needs_fixtures
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("dump", FIXTURE_DUMPS, ids=lambda p: p.name)
+def test_replay_fixture_byte_identical(capsys, tmp_path, dump, schedule):
+    out = tmp_path / "out.dmp"
+    result = run_json(capsys, ["replay", str(dump), "-o", str(out), "--schedule", schedule, "--json"])
+    original = dump.read_bytes()
+    assert out.read_bytes() == original
+    assert result["sha256"] == hashlib.sha256(original).hexdigest() == sha256(out)
+    assert RESULT_KEYS | {"schedule"} <= set(result)
+    assert result["schedule"] == schedule
+    assert result["size"] == len(original) == result["final_size"]
+    assert result["output"] == str(out.resolve())
+    assert result["bytes"] >= len(original)
+    assert result["writes"] == result["planned_writes"] >= 1
+    assert result["status"] == "ok"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert leftovers(tmp_path) == []
+    # A parser nobody here wrote reads the same threads, modules and memory.
+    assert pypi_parse(out) == pypi_parse(dump)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_replay_sample_every_schedule(capsys, tmp_path, sample_path, schedule):
+    out = tmp_path / "out.dmp"
+    result = run_json(capsys, ["replay", str(sample_path), "-o", str(out), "--schedule", schedule, "--chunk", "2K",
+                               "--seed", "5", "--ring-size", "64K", "--json"])
+    assert out.read_bytes() == sample_path.read_bytes()
+    assert result["sha256"] == sha256(sample_path)
+    assert result["ring_size"] == 64 * 1024 and result["chunk"] == 2048
+    parsed = pypi_parse(out)
+    assert parsed == pypi_parse(sample_path)
+    assert len(parsed["threads"]) == 3 and len(parsed["modules"]) == 2 and len(parsed["memory"]) == 9
+
+
+def test_replay_human_summary(capsys, tmp_path, sample_path):
+    out = tmp_path / "out.dmp"
+    assert main(["replay", str(sample_path), "-o", str(out)]) == 0
+    text, err = capsys.readouterr()
+    assert err == ""  # no progress bar when not on a terminal
+    assert "writer schedule" in text and "writes" in text and "GB/s" in text
+    assert sha256(out) in text and str(out.resolve()) in text
+
+
+def test_replay_quiet_prints_nothing(capsys, tmp_path, sample_path):
+    out = tmp_path / "out.dmp"
+    assert main(["replay", str(sample_path), "-o", str(out), "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert out.read_bytes() == sample_path.read_bytes()
+
+
+def test_replay_overwrites_existing_output(capsys, tmp_path, sample_path):
+    out = tmp_path / "out.dmp"
+    out.write_bytes(b"old contents")
+    run_json(capsys, ["replay", str(sample_path), "-o", str(out), "--json"])
+    assert out.read_bytes() == sample_path.read_bytes()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_trace_replays_to_the_same_bytes(capsys, tmp_path, sample_path, schedule):
+    from mdstream.schedules import plan_for
+    from mdstream.trace import MAGIC, read_trace
+
+    out = tmp_path / "out.dmp"
+    trace = tmp_path / "out.mdtrace"
+    first = run_json(capsys, ["replay", str(sample_path), "-o", str(out), "--schedule", schedule,
+                              "--trace", str(trace), "--json"])
+    assert first["trace"] == str(trace.resolve())
+    assert trace.read_bytes()[:8] == MAGIC
+    assert stat.S_IMODE(trace.stat().st_mode) == 0o600
+    # The trace keeps the writer's exact writes (no coalescing): same count, same order.
+    recorded = read_trace(trace)
+    planned = plan_for(sample_path, schedule=schedule)
+    assert recorded.count == first["writes"] == first["trace_records"] == planned.count
+    assert recorded.offsets.tolist() == planned.offsets.tolist()
+    assert recorded.lengths.tolist() == planned.lengths.tolist()
+
+    again = tmp_path / "again.dmp"
+    second = run_json(capsys, ["replay", str(trace), "-o", str(again), "--json"])
+    assert second["schedule"] == "trace" and second["source_kind"] == "trace"
+    assert again.read_bytes() == sample_path.read_bytes()
+    assert second["sha256"] == first["sha256"] == sha256(sample_path)
+    assert second["writes"] == recorded.count
+
+
+@needs_fixtures
+def test_fixture_trace_roundtrip(capsys, tmp_path):
+    dump = FIXTURE_DUMPS[0]
+    trace = tmp_path / "t.mdtrace"
+    run_json(capsys, ["replay", str(dump), "-o", str(tmp_path / "a.dmp"), "--trace", str(trace), "--json"])
+    result = run_json(capsys, ["replay", str(trace), "-o", str(tmp_path / "b.dmp"), "--json"])
+    assert (tmp_path / "b.dmp").read_bytes() == dump.read_bytes()
+    assert result["sha256"] == sha256(dump)
+
+
+# --------------------------------------------------------------------------
+# demo
+# --------------------------------------------------------------------------
+
+
+def test_demo_with_output(capsys, tmp_path):
+    out = tmp_path / "demo.dmp"
+    assert main(["demo", "-o", str(out)]) == 0
+    text, err = capsys.readouterr()
+    assert err == ""
+    assert out.read_bytes() == build_sample_minidump(0)
+    assert "byte-identical" in text and str(out.resolve()) in text
+    assert "IoWriteAllCallback" in text and "GB/s" in text and "ThreadListStream" in text
+    assert len(text.splitlines()) <= 8
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.dmp"]
+
+
+def test_demo_json(capsys, tmp_path):
+    result = run_json(capsys, ["demo", "--json", "-o", str(tmp_path / "d.dmp")])
+    assert result["identical"] is True
+    assert result["sha256"] == result["expected_sha256"] == hashlib.sha256(build_sample_minidump(0)).hexdigest()
+    assert result["kib_writes"] > 100  # 1 KiB memory chunks, as DbgHelp writes them
+    assert result["backward_writes"] > 0
+    assert result["streams"][:3] == ["ThreadListStream", "ModuleListStream", "MemoryListStream"]
+    assert RESULT_KEYS <= set(result)
+
+
+def test_bare_demo_uses_a_private_temp_dir(capsys):
+    assert main(["demo"]) == 0
+    text, _ = capsys.readouterr()
+    path = Path(text.strip().splitlines()[-1].split("mdstream info ", 1)[1])
+    try:
+        assert path.name == "mdstream-demo.dmp"
+        assert path.read_bytes() == build_sample_minidump(0)
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert sorted(p.name for p in path.parent.iterdir()) == ["mdstream-demo.dmp"]
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            path.parent.rmdir()
+
+
+# --------------------------------------------------------------------------
+# subprocess: the real entry point
+# --------------------------------------------------------------------------
+
+
+def run_module(*args, timeout=120, **kw):
+    return subprocess.run([sys.executable, "-m", "mdstream", *args], capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def test_python_m_mdstream(tmp_path, sample_path):
+    out = tmp_path / "out.dmp"
+    done = run_module("replay", str(sample_path), "-o", str(out), "--schedule", "shuffled", "--json")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert json.loads(done.stdout)["sha256"] == sha256(sample_path)
+    assert out.read_bytes() == sample_path.read_bytes()
+
+    done = run_module("demo", "-o", str(tmp_path / "demo.dmp"))
+    assert done.returncode == 0, done.stderr
+    assert "byte-identical" in done.stdout
+
+    done = run_module("info", str(tmp_path / "missing.dmp"))
+    assert done.returncode == 1
+    assert_one_error_line(done.stderr, "missing.dmp")
+
+    done = run_module("--version")
+    assert done.returncode == 0 and "mdstream" in done.stdout
+
+
+# --------------------------------------------------------------------------
+# drain
+# --------------------------------------------------------------------------
+
+PRODUCER = textwrap.dedent("""
+    import sys
+    from mdstream import DumpCallback, Ring
+    from mdstream.simulator import replay
+
+    name, source = sys.argv[1], sys.argv[2]
+    ring = Ring.create(name, 64 * 1024)   # smaller than the dump: both sides must run together
+    callback = DumpCallback(ring, deadline=30.0)
+    print("ready", flush=True)
+    result = replay(source, callback, drain_here=False, schedule="writer", timeout=60)
+    print("done", result.writes, flush=True)
+    ring.close()
+""")
+
+
+def start_producer(code, *args):
+    child = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    line = child.stdout.readline()
+    if line.strip() != "ready":
+        child.kill()
+        pytest.fail(f"producer did not start: {line!r} {child.stderr.read()}")
+    return child
+
+
+def test_drain_from_another_process(capsys, tmp_path, sample_path, ring_name):
+    child = start_producer(PRODUCER, ring_name, str(sample_path))
+    try:
+        out = tmp_path / "drained.dmp"
+        result = run_json(capsys, ["drain", ring_name, "-o", str(out), "--timeout", "30", "--json"])
+    finally:
+        stdout, stderr = child.communicate(timeout=60)
+    assert child.returncode == 0, stderr
+    assert out.read_bytes() == sample_path.read_bytes()
+    assert result["sha256"] == sha256(sample_path)
+    assert RESULT_KEYS <= set(result) and "schedule" not in result
+    assert result["ring"] == ring_name
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    writes = int(stdout.split()[-1])
+    assert result["bytes"] >= sample_path.stat().st_size and writes > 100
+
+
+def test_drain_missing_ring(capsys, tmp_path):
+    out = tmp_path / "out.dmp"
+    assert main(["drain", f"mdstream-no-such-ring-{secrets.token_hex(4)}", "-o", str(out)]) == 1
+    assert_one_error_line(capsys.readouterr().err, "no ring")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_drain_aborted_ring(capsys, tmp_path, ring_name):
+    ring = Ring.create(ring_name, 64 * 1024)
+    try:
+        ring.write(0, b"MDMP" + bytes(60))
+        ring.abort(0x80004005, "the dump writer failed")
+        assert main(["drain", ring_name, "-o", str(tmp_path / "out.dmp")]) == 1
+    finally:
+        ring.close()
+    assert_one_error_line(capsys.readouterr().err, "aborted", "the dump writer failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_drain_ring_aborted_midway(capsys, tmp_path, ring_name):
+    ring = Ring.create(ring_name, 64 * 1024)
+    try:
+        for i in range(4):
+            ring.write(i * 512, bytes([i + 1]) * 512)
+        ring.flush()
+        timer = threading.Timer(0.3, ring.abort, (0x80070070, "the dump writer ran out of disk"))
+        timer.start()
+        out = tmp_path / "out.dmp"
+        assert main(["drain", ring_name, "-o", str(out), "--timeout", "20"]) == 1
+        timer.join()
+    finally:
+        ring.close()
+    assert_one_error_line(capsys.readouterr().err, "aborted", "0x80070070", "ran out of disk")
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+PRODUCER_DIES = textwrap.dedent("""
+    import os, sys, time
+    from mdstream import Ring
+
+    ring = Ring.create(sys.argv[1], 64 * 1024)
+    for i in range(8):
+        ring.write(i * 1024, bytes([i]) * 1024)
+    ring.flush()
+    print("ready", flush=True)
+    sys.stdin.readline()      # the consumer attached
+    time.sleep(0.3)
+    os._exit(3)               # die without finishing the ring
+""")
+
+
+def test_drain_producer_dies(capsys, tmp_path, ring_name):
+    child = subprocess.Popen([sys.executable, "-c", PRODUCER_DIES, ring_name], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    out = tmp_path / "out.dmp"
+    real_attach = Ring.attach
+
+    def attach_then_release(name):
+        ring = real_attach(name)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        # Reap the child as soon as it dies: a zombie still "exists" for kill(pid, 0).
+        threading.Thread(target=child.wait, daemon=True).start()
+        return ring
+
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cli, "Ring", types.SimpleNamespace(attach=attach_then_release))
+            rc = main(["drain", ring_name, "-o", str(out), "--timeout", "20"])
+    finally:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=30)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert rc == 1
+    assert_one_error_line(capsys.readouterr().err, "producer", "gone")
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_drain_timeout(capsys, tmp_path, ring_name):
+    ring = Ring.create(ring_name, 64 * 1024)  # a producer that never writes
+    try:
+        assert main(["drain", ring_name, "-o", str(tmp_path / "out.dmp"), "--timeout", "0.3"]) == 1
+    finally:
+        ring.close()
+    assert_one_error_line(capsys.readouterr().err, "0.3")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------
+# info
+# --------------------------------------------------------------------------
+
+
+@needs_fixtures
+@pytest.mark.parametrize("dump", FIXTURE_DUMPS, ids=lambda p: p.name)
+def test_info_fixture(capsys, dump):
+    from mdstream.minidump import read_info
+
+    assert main(["info", str(dump)]) == 0
+    text, err = capsys.readouterr()
+    assert err == ""
+    info = read_info(dump)
+    assert "MDMP" in text and f"0x{info.version:08x}" in text
+    for s in info.streams:
+        assert s.type_name in text
+    result = run_json(capsys, ["info", str(dump), "--json"])
+    assert result["number_of_streams"] == len(result["streams"]) == info.number_of_streams
+    assert result["problems"] == [] and result["ok"] is True
+
+
+@needs_fixtures
+def test_info_names_dbghelp_flags(capsys):
+    dump = FIXTURES / "dbghelp-win10-x64_tiny-exe-fastfail.dmp"
+    if not dump.exists():
+        pytest.skip("fixture absent")
+    result = run_json(capsys, ["info", str(dump), "--json"])
+    assert result["flags"] == 0x100
+    assert result["flag_names"] == ["MiniDumpWithProcessThreadData"]
+    assert result["version_hex"] == "0xa061a793"
+
+
+def test_info_sample_flags(capsys, sample_path):
+    result = run_json(capsys, ["info", str(sample_path), "--json"])
+    assert result["flag_names"] == ["MiniDumpWithDataSegs", "MiniDumpWithProcessThreadData", "MiniDumpWithThreadInfo"]
+    assert [s["type_name"] for s in result["streams"]][:2] == ["ThreadListStream", "ModuleListStream"]
+
+
+def test_info_truncated_dump_reports_out_of_file_ranges(capsys, tmp_path, sample_path):
+    cut = tmp_path / "cut.dmp"
+    cut.write_bytes(sample_path.read_bytes()[:-5000])
+    assert main(["info", str(cut)]) == 1
+    out, err = capsys.readouterr()
+    assert "ThreadListStream" in out and "past end of file" in out  # the report is still printed
+    assert_one_error_line(err, "cut.dmp", "past end of file")
+
+    assert main(["info", str(cut), "--json"]) == 1
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert result["ok"] is False and any("past end of file" in p for p in result["problems"])
+    assert_one_error_line(err)
+
+
+def test_info_stream_outside_the_file(capsys, tmp_path, sample_path):
+    data = bytearray(sample_path.read_bytes())
+    struct.pack_into("<I", data, 0x20 + 8, len(data) + 100)  # ThreadList's RVA past the end
+    bad = tmp_path / "bad.dmp"
+    bad.write_bytes(bytes(data))
+    assert main(["info", str(bad)]) == 1
+    out, err = capsys.readouterr()
+    assert "ends past end of file" in out
+    assert_one_error_line(err, "stream 0 (ThreadListStream)")
+
+
+@pytest.mark.parametrize("content", [b"", b"MDM", b"PK\x03\x04" + bytes(100), b"MDTRACE1" + bytes(40)])
+def test_info_refuses_non_minidumps(capsys, tmp_path, content):
+    path = tmp_path / "file.bin"
+    path.write_bytes(content)
+    assert main(["info", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert_one_error_line(err, "not a minidump")
+
+
+# --------------------------------------------------------------------------
+# dump
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="explains itself only off Windows")
+def test_dump_off_windows(capsys, tmp_path):
+    assert main(["dump", "1234", "-o", str(tmp_path / "x.dmp"), "--type", "WithFullMemory|WithHandleData"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "DbgHelp", "MiniDumpWriteDump", sys.platform)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dump_bad_type_is_a_usage_error(capsys, tmp_path):
+    assert main(["dump", "1234", "-o", str(tmp_path / "x.dmp"), "--type", "WithEverything"]) == 2
+    assert "WithEverything" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
+# failures: one line, exit 1, nothing under the final name
+# --------------------------------------------------------------------------
+
+
+def test_missing_source(capsys, tmp_path):
+    assert main(["replay", str(tmp_path / "nope.dmp"), "-o", str(tmp_path / "out.dmp")]) == 1
+    assert_one_error_line(capsys.readouterr().err, "nope.dmp", "no such file")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_minidump_source(capsys, tmp_path):
+    src = tmp_path / "notes.txt"
+    src.write_text("hello, this is not a dump\n")
+    assert main(["replay", str(src), "-o", str(tmp_path / "out.dmp")]) == 1
+    assert_one_error_line(capsys.readouterr().err, "not a minidump")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def _trace_bytes(records):
+    body = b"MDTRACE1"
+    for offset, data in records:
+        body += struct.pack("<QII", offset, len(data), 0) + data
+    return body
+
+
+@pytest.mark.parametrize("cut, record, byte", [
+    (8 + 16 + 100 + 16 + 50, 1, 8 + 16 + 100),   # record 1's data cut short
+    (8 + 16 + 100 + 5, 1, 8 + 16 + 100),         # record 1's header cut short
+    (8 + 16 + 10, 0, 8),                         # record 0's data cut short
+])
+def test_truncated_trace(capsys, tmp_path, cut, record, byte):
+    trace = tmp_path / "cut.mdtrace"
+    trace.write_bytes(_trace_bytes([(0, b"M" * 100), (100, b"D" * 200), (300, b"P" * 10)])[:cut])
+    out = tmp_path / "out.dmp"
+    assert main(["replay", str(trace), "-o", str(out)]) == 1
+    assert_one_error_line(capsys.readouterr().err, f"record {record}", f"byte {byte}")
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_corrupt_trace_length(capsys, tmp_path):
+    # A record whose length field is garbage: its data would run past the end.
+    trace = tmp_path / "bad.mdtrace"
+    body = _trace_bytes([(0, b"x" * 32), (32, b"y" * 32)])
+    body = body[:8 + 16 + 32 + 8] + struct.pack("<I", 0xFFFF0000) + body[8 + 16 + 32 + 12:]
+    trace.write_bytes(body)
+    assert main(["replay", str(trace), "-o", str(tmp_path / "out.dmp")]) == 1
+    assert_one_error_line(capsys.readouterr().err, "record 1", f"byte {8 + 16 + 32}")
+
+
+class FailingFileSink(FileSink):
+    """A FileSink whose disk fills up (or whose user presses Ctrl-C) after a few batches."""
+
+    error: BaseException = OSError(errno.ENOSPC, "No space left on device")
+    after = 2
+    seen = 0
+
+    def consume(self, batch):
+        type(self).seen += 1
+        if type(self).seen > self.after:
+            raise self.error
+        super().consume(batch)
+
+
+@pytest.fixture
+def failing_sink(monkeypatch):
+    FailingFileSink.seen = 0
+    monkeypatch.setattr(cli, "FileSink", FailingFileSink)
+    return FailingFileSink
+
+
+def test_disk_full_leaves_nothing(capsys, tmp_path, sample_path, failing_sink, monkeypatch):
+    monkeypatch.setattr(failing_sink, "error", OSError(errno.ENOSPC, "writing out.dmp: No space left on device"))
+    out = tmp_path / "out.dmp"
+    assert main(["replay", str(sample_path), "-o", str(out), "--ring-size", "8K", "--schedule", "sequential",
+                 "--chunk", "1K"]) == 1
+    assert_one_error_line(capsys.readouterr().err, "No space left on device")
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_failed_replay_keeps_the_old_file(capsys, tmp_path, sample_path, failing_sink, monkeypatch):
+    monkeypatch.setattr(failing_sink, "error", OSError(errno.EIO, "Input/output error"))
+    out = tmp_path / "out.dmp"
+    out.write_bytes(b"yesterday's dump")
+    assert main(["replay", str(sample_path), "-o", str(out), "--ring-size", "8K"]) == 1
+    assert_one_error_line(capsys.readouterr().err, "Input/output error")
+    assert out.read_bytes() == b"yesterday's dump"
+    assert leftovers(tmp_path) == []
+
+
+def test_keyboard_interrupt(capsys, tmp_path, sample_path, failing_sink, monkeypatch):
+    monkeypatch.setattr(failing_sink, "error", KeyboardInterrupt())
+    out = tmp_path / "out.dmp"
+    assert main(["replay", str(sample_path), "-o", str(out), "--ring-size", "8K"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "mdstream: interrupted"
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_interrupted_trace_keeps_partial_trace(capsys, tmp_path, sample_path, failing_sink, monkeypatch):
+    monkeypatch.setattr(failing_sink, "error", OSError(errno.ENOSPC, "No space left on device"))
+    out, trace = tmp_path / "out.dmp", tmp_path / "t.mdtrace"
+    assert main(["replay", str(sample_path), "-o", str(out), "--trace", str(trace), "--ring-size", "8K"]) == 1
+    assert_one_error_line(capsys.readouterr().err, "No space left on device", "partial trace", str(trace))
+    assert not out.exists()
+    assert trace.read_bytes()[:8] == b"MDTRACE1"
+
+
+def _small_tmpfs(path: Path, size: str) -> bool:
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return False
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        path.rmdir()
+        return False
+    return True
+
+
+def test_real_full_disk(capsys, tmp_path, sample_path):
+    """ENOSPC from a real (tiny tmpfs) filesystem, when this machine lets us mount one."""
+    small = tmp_path / "small"
+    if not _small_tmpfs(small, "64k"):
+        pytest.skip("cannot mount a small tmpfs here (needs root on Linux)")
+    try:
+        out = small / "out.dmp"
+        assert main(["replay", str(sample_path), "-o", str(out)]) == 1
+        assert_one_error_line(capsys.readouterr().err, "No space left on device")
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def test_output_directory_problems(capsys, tmp_path, sample_path):
+    assert main(["replay", str(sample_path), "-o", str(tmp_path)]) == 1
+    assert_one_error_line(capsys.readouterr().err, "is a directory")
+    assert main(["replay", str(sample_path), "-o", str(tmp_path / "no" / "such" / "dir.dmp")]) == 1
+    assert_one_error_line(capsys.readouterr().err, "does not exist")
+
+
+def test_failures_in_a_subprocess_have_no_traceback(tmp_path):
+    trace = tmp_path / "cut.mdtrace"
+    trace.write_bytes(_trace_bytes([(0, b"a" * 64), (64, b"b" * 64)])[:-10])
+    done = run_module("replay", str(trace), "-o", str(tmp_path / "o.dmp"))
+    assert done.returncode == 1 and done.stdout == ""
+    assert_one_error_line(done.stderr, "record 1", "byte 88")
+    done = run_module("drain", f"mdstream-no-such-ring-{secrets.token_hex(4)}", "-o", str(tmp_path / "o.dmp"))
+    assert done.returncode == 1
+    assert_one_error_line(done.stderr, "no ring")
+    if sys.platform != "win32":
+        done = run_module("dump", "1", "-o", str(tmp_path / "o.dmp"))
+        assert done.returncode == 2
+        assert_one_error_line(done.stderr, "needs Windows")
+
+
+# --------------------------------------------------------------------------
+# usage
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["frobnicate"],
+    ["replay", "x.dmp"],                                   # -o missing
+    ["replay", "x.dmp", "-o", "y", "--schedule", "random"],
+    ["replay", "x.dmp", "-o", "y", "--ring-size", "4Q"],
+    ["replay", "x.dmp", "-o", "y", "--ring-size", "1"],
+    ["replay", "x.dmp", "-o", "y", "--ring-size", "64G"],
+    ["replay", "x.dmp", "-o", "y", "--chunk", "0"],
+    ["replay", "x.dmp", "-o", "y", "--seed", "-1"],
+    ["drain", "r", "-o", "y", "--timeout", "soon"],
+    ["dump", "notapid", "-o", "y"],
+])
+def test_usage_errors(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ("usage:" in err or "error" in err)
+
+
+def test_help(capsys):
+    assert main(["--help"]) == 0
+    assert "replay" in capsys.readouterr().out
+    assert main(["info", "--help"]) == 0
+    assert "outside the file" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, value", [
+    ("4096", 4096), ("64K", 65536), ("64k", 65536), ("4M", 4 << 20), ("4MiB", 4 << 20), ("4MB", 4 << 20),
+    ("1G", 1 << 30), ("10b", 10), (" 2m ", 2 << 20),
+])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "M", "4Q", "-1", "1.5M", "4 M B", "0x10"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+# --------------------------------------------------------------------------
+# progress
+# --------------------------------------------------------------------------
+
+
+def test_progress_bar_draws_after_the_delay():
+    from mdstream.pipeline import Progress
+
+    stream = io.StringIO()
+    bar = cli.ProgressBar(True, "replay", delay=1.0, file=stream)
+    bar(Progress(1000, 1, 1, 0.5, 10_000))
+    assert stream.getvalue() == ""  # quick runs print nothing
+    bar(Progress(4000, 4, 40, 1.2, 10_000))
+    bar(Progress(10_000, 10, 100, 1.5, 10_000))
+    bar.close()
+    drawn = stream.getvalue()
+    assert "replay" in drawn and "writes" in drawn
+
+
+def test_progress_bar_disabled():
+    from mdstream.pipeline import Progress
+
+    stream = io.StringIO()
+    bar = cli.ProgressBar(False, "replay", delay=0, file=stream)
+    bar(Progress(1000, 1, 1, 5.0, 10_000))
+    bar.close()
+    assert stream.getvalue() == ""
+
+
+def test_progress_off_unless_both_streams_are_terminals(monkeypatch):
+    import argparse
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    args = argparse.Namespace(quiet=False, json=False)
+    monkeypatch.setattr(sys, "stderr", Tty())
+    monkeypatch.setattr(sys, "stdout", Tty())
+    assert cli._progress_for(args, "x").enabled
+    assert not cli._progress_for(argparse.Namespace(quiet=True, json=False), "x").enabled
+    assert not cli._progress_for(argparse.Namespace(quiet=False, json=True), "x").enabled
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert not cli._progress_for(args, "x").enabled
+
+
+def test_closed_output_pipe_is_quiet(tmp_path):
+    # A directory of 5000 (empty, private-type) streams: far more report than a pipe buffers.
+    count = 5000
+    dump = tmp_path / "many.dmp"
+    dump.write_bytes(struct.pack("<4sIIIIIQ", b"MDMP", 0xA793, count, 32, 0, 0, 0)
+                     + b"".join(struct.pack("<III", 0x10000 + i, 0, 0) for i in range(count)))
+    child = subprocess.Popen([sys.executable, "-m", "mdstream", "info", str(dump)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    assert child.stdout.read(20).startswith(b"file")
+    child.stdout.close()  # like `mdstream info X | head -1`
+    err = child.stderr.read()
+    assert child.wait(timeout=60) == 141
+    assert err == b""
