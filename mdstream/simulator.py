@@ -21,8 +21,8 @@ def _failure_from(callback: DumpCallback | None, sim: Simulation) -> errors.Dump
     status = failure.get("status", 0)
     ctype = failure.get("callback_type")
     try:
-        ctype_name = CallbackType(ctype).name
-    except (ValueError, TypeError):
+        ctype_name = CallbackType(int(ctype)).name if ctype is not None else "unknown callback"
+    except ValueError:
         ctype_name = str(ctype)
     reason = ""
     if callback is not None and callback.failure is not None:
