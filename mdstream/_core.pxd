@@ -102,6 +102,8 @@ cdef extern from "mdstream/ring.h" nogil:
     void mds_ring_set_producer_options(mds_ring *ring, int coalesce, uint64_t publish_bytes)
     int mds_ring_write(mds_ring *ring, uint64_t offset, const void *data, uint64_t length,
                        uint64_t deadline_ns, mds_error *err)
+    int mds_ring_write_timeout(mds_ring *ring, uint64_t offset, const void *data, uint64_t length,
+                               uint64_t timeout_ns, mds_error *err)
     void mds_ring_flush(mds_ring *ring)
     int mds_ring_finish(mds_ring *ring, mds_error *err)
     int mds_ring_abort(mds_ring *ring, int32_t code, const char *reason)

@@ -1,6 +1,6 @@
 # Layout of the Ring and Batch extension types, shared with _callback and _sinks.
 from libc.stdint cimport uint8_t, uint64_t
-from mdstream._core cimport mds_ring, mds_error
+from mdstream._core cimport mds_ring, mds_error, mds_span_summary
 
 
 cdef class Ring:
@@ -29,12 +29,15 @@ cdef class Batch:
     cdef bint deferred
     cdef bint is_released
     cdef object index_cache         # (offsets, lengths, positions) once built
+    cdef bint has_summary
+    cdef mds_span_summary summary_cache
     cdef Py_ssize_t shape[1]
     cdef Py_ssize_t strides[1]
 
     cdef int check_live(self) except -1
     cdef int do_release(self) except -1
     cdef tuple _index(self)
+    cdef int get_summary(self, mds_span_summary *out) except -1
 
 
 cdef int raise_for(int status, const mds_error *err) except -1

@@ -491,6 +491,7 @@ cdef class Batch:
         self.is_released = False
         self.deferred = False
         self.index_cache = None
+        self.has_summary = False
 
     def __init__(self):
         raise TypeError("batches come from Ring.read()")
@@ -624,16 +625,25 @@ cdef class Batch:
         self.check_live()
         return np.frombuffer(self, dtype=np.uint8)
 
-    def summary(self):
-        """``(records, payload_bytes, highest_end)`` from one pass over the record headers, no allocation."""
-        cdef mds_span_summary s
+    cdef int get_summary(self, mds_span_summary *out) except -1:
+        # One validating pass over the record headers, shared by every sink
+        # that consumes this batch (each still re-checks bounds as it copies).
         cdef mds_error err
         cdef int rc
         self.check_live()
-        with nogil:
-            rc = mds_span_scan(self.span, self.span_len, &s, &err)
-        if rc != MDS_OK:
-            raise_for(rc, &err)
+        if not self.has_summary:
+            with nogil:
+                rc = mds_span_scan(self.span, self.span_len, &self.summary_cache, &err)
+            if rc != MDS_OK:
+                raise_for(rc, &err)
+            self.has_summary = True
+        out[0] = self.summary_cache
+        return 0
+
+    def summary(self):
+        """``(records, payload_bytes, highest_end)`` from one pass over the record headers, no allocation."""
+        cdef mds_span_summary s
+        self.get_summary(&s)
         return (s.records, s.bytes, s.highest_end)
 
     @property

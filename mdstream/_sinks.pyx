@@ -21,14 +21,7 @@ cdef uint8_t EMPTY_BYTE = 0
 
 
 cdef inline int scan_batch(Batch batch, mds_span_summary *summary) except -1:
-    cdef mds_error err
-    cdef int rc
-    batch.check_live()
-    with nogil:
-        rc = mds_span_scan(batch.span, batch.span_len, summary, &err)
-    if rc != MDS_OK:
-        raise_for(rc, &err)
-    return 0
+    return batch.get_summary(summary)
 
 
 cdef class NullSink:

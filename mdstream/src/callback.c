@@ -83,10 +83,9 @@ static BOOL on_io(mds_callback_context *ctx, ULONG type, PMINIDUMP_CALLBACK_INPU
     case IoWriteAllCallback: {
         uint64_t offset = input->Io.Offset;
         uint32_t length = input->Io.BufferBytes;
-        uint64_t deadline = ctx->options.deadline_ns ? mds_now_ns() + ctx->options.deadline_ns : 0;
         if (length && input->Io.Buffer == NULL)
             return fail(ctx, output, E_INVALIDARG, MDS_ERR_ARG, "IoWriteAllCallback with a NULL buffer");
-        rc = mds_ring_write(ctx->ring, offset, input->Io.Buffer, length, deadline, &err);
+        rc = mds_ring_write_timeout(ctx->ring, offset, input->Io.Buffer, length, ctx->options.deadline_ns, &err);
         if (rc != MDS_OK) return fail(ctx, output, hresult_for(rc), rc, err.message);
         mds_store_relaxed_u64(&ctx->writes, ctx->writes + 1);
         mds_store_relaxed_u64(&ctx->bytes, ctx->bytes + length);

@@ -135,6 +135,9 @@ int mds_platform_map_create(mds_ring *ring, const char *name, size_t map_size, m
         if (base == MAP_FAILED)
             return mds_set_error(err, MDS_ERR_SYS, errno, "mmap of %zu bytes failed: %s", map_size,
                                  strerror(errno));
+#ifdef MADV_HUGEPAGE
+        if (map_size >= (8u << 20)) madvise(base, map_size, MADV_HUGEPAGE); /* fewer TLB misses; advisory */
+#endif
     } else {
         int fd, rc;
         if (resolve_path(name, ring->path, sizeof ring->path, err) != MDS_OK) return err->status;

@@ -24,6 +24,10 @@
 
 #define WAIT_SLICE_NS 20000000ull  /* 20 ms: how often sleepers re-check the world */
 #define NO_RECORD UINT64_MAX
+#ifndef SPIN_NS
+#define SPIN_NS 30000ull               /* poll this long before sleeping */
+#endif
+#define LIVENESS_INTERVAL_NS 100000000ull /* check the peer's pid at most every 100 ms */
 
 _Static_assert(sizeof(mds_record_header) == MDS_RING_RECORD_HEADER, "record header is 16 bytes");
 _Static_assert(offsetof(mds_ring_header, write_pos) == 128, "producer line at 128");
@@ -285,9 +289,11 @@ static int abort_status(mds_ring *ring, mds_error *err) {
 
 /* Wait until [pos, pos+need) is free.  Publishes pending records first: the
  * consumer cannot free space it cannot see. */
-static int wait_for_space(mds_ring *ring, uint64_t pos, uint64_t need, uint64_t deadline_ns, mds_error *err) {
+static int wait_for_space(mds_ring *ring, uint64_t pos, uint64_t need, uint64_t *deadline, uint64_t timeout_ns,
+                          mds_error *err) {
+    uint64_t deadline_ns = *deadline;
     mds_ring_header *h = ring->header;
-    uint64_t next_liveness_check = 0;
+    uint64_t next_liveness_check = 0, spin_until = 0;
     int spins = 0;
     for (;;) {
         uint64_t read_pos = mds_load_acquire_u64(&h->read_pos);
@@ -305,13 +311,17 @@ static int wait_for_space(mds_ring *ring, uint64_t pos, uint64_t need, uint64_t 
         flags = mds_load_acquire_u32(&h->flags);
         if (flags & MDS_FLAG_CONSUMER_DETACHED)
             return mds_set_error(err, MDS_ERR_PEER_GONE, 0, "the consumer closed the ring");
+        now = mds_now_ns();
         /* A short spin catches a consumer that is about to release. */
-        if (spins < 64) {
-            spins++;
-            mds_cpu_relax();
+        if (spins == 0) spin_until = now + SPIN_NS;
+        if (++spins < 1000000 && now < spin_until) {
+            int i;
+            for (i = 0; i < 64; i++) mds_cpu_relax();
             continue;
         }
-        now = mds_now_ns();
+        /* A relative timeout starts at the first real wait: the fast path
+         * never reads the clock. */
+        if (deadline_ns == 0 && timeout_ns != 0) deadline_ns = *deadline = now + timeout_ns;
         if (deadline_ns && now >= deadline_ns)
             return mds_set_error(err, MDS_ERR_TIMEOUT, 0, "no space in the ring before the deadline (%llu bytes pending)",
                                  (unsigned long long)(pos - read_pos));
@@ -320,7 +330,7 @@ static int wait_for_space(mds_ring *ring, uint64_t pos, uint64_t need, uint64_t 
             if (pid != 0 && mds_load_acquire_u64(&h->consumer_token) != 0 && !mds_pid_alive(pid))
                 return mds_set_error(err, MDS_ERR_PEER_GONE, 0, "the consumer process %u is gone", pid);
             mds_store_relaxed_u64(&h->producer_heartbeat_ns, now);
-            next_liveness_check = now + 100000000ull;
+            next_liveness_check = now + LIVENESS_INTERVAL_NS;
         }
         seq = mds_load_acquire_u32(&h->space_event);
         mds_store_seqcst_u32(&h->producer_waiting, 1);
@@ -358,8 +368,8 @@ static int try_coalesce(mds_ring *ring, uint64_t offset, const void *data, uint6
     return 1;
 }
 
-int mds_ring_write(mds_ring *ring, uint64_t offset, const void *data, uint64_t length,
-                   uint64_t deadline_ns, mds_error *err) {
+static int write_records(mds_ring *ring, uint64_t offset, const void *data, uint64_t length,
+                         uint64_t deadline_ns, uint64_t timeout_ns, mds_error *err) {
     mds_ring_header *h = ring->header;
     const uint8_t *src = (const uint8_t *)data;
     int first = 1;
@@ -388,7 +398,7 @@ int mds_ring_write(mds_ring *ring, uint64_t offset, const void *data, uint64_t l
         mds_record_header *rec;
         first = 0;
         if (pos + need - ring->prod.read_cached > ring->capacity) {
-            int rc = wait_for_space(ring, pos, need, deadline_ns, err);
+            int rc = wait_for_space(ring, pos, need, &deadline_ns, timeout_ns, err);
             if (rc != MDS_OK) return rc;
         }
         if (total > to_end) {
@@ -415,6 +425,16 @@ int mds_ring_write(mds_ring *ring, uint64_t offset, const void *data, uint64_t l
 written:
     if (ring->prod.wpos - ring->prod.published >= ring->prod.publish_bytes) mds_ring_flush(ring);
     return MDS_OK;
+}
+
+int mds_ring_write(mds_ring *ring, uint64_t offset, const void *data, uint64_t length,
+                   uint64_t deadline_ns, mds_error *err) {
+    return write_records(ring, offset, data, length, deadline_ns, 0, err);
+}
+
+int mds_ring_write_timeout(mds_ring *ring, uint64_t offset, const void *data, uint64_t length,
+                           uint64_t timeout_ns, mds_error *err) {
+    return write_records(ring, offset, data, length, 0, timeout_ns, err);
 }
 
 int mds_ring_finish(mds_ring *ring, mds_error *err) {
@@ -491,10 +511,18 @@ void mds_ring_advance(mds_ring *ring, uint64_t new_cursor) { ring->cons.cursor =
 
 int mds_ring_wait_data(mds_ring *ring, uint64_t timeout_ns, mds_error *err) {
     mds_ring_header *h = ring->header;
-    uint32_t seq = mds_load_acquire_u32(&h->data_event);
-    uint32_t flags;
+    uint32_t seq, flags;
     uint64_t now = mds_now_ns();
-    mds_store_relaxed_u64(&h->consumer_heartbeat_ns, now);
+    uint64_t spin_until = now + SPIN_NS;
+    /* A producer in full flight publishes again within microseconds: poll
+     * that long before paying for a futex round trip on both sides. */
+    while (mds_load_acquire_u64(&h->write_pos) == ring->cons.cursor &&
+           mds_load_relaxed_u32(&h->state) == MDS_STATE_OPEN) {
+        int i;
+        for (i = 0; i < 64; i++) mds_cpu_relax();
+        if (mds_now_ns() >= spin_until) break;
+    }
+    seq = mds_load_acquire_u32(&h->data_event);
     mds_store_seqcst_u32(&h->consumer_waiting, 1);
     if (mds_load_acquire_u64(&h->write_pos) == ring->cons.cursor &&
         mds_load_acquire_u32(&h->state) == MDS_STATE_OPEN) {
@@ -503,8 +531,11 @@ int mds_ring_wait_data(mds_ring *ring, uint64_t timeout_ns, mds_error *err) {
             mds_store_relaxed_u32(&h->consumer_waiting, 0);
             return mds_set_error(err, MDS_ERR_PEER_GONE, 0, "the producer closed the ring without finishing it");
         }
-        {
+        now = mds_now_ns();
+        if (now >= ring->cons.next_liveness_ns) {
             uint32_t pid = mds_load_acquire_u32(&h->producer_pid);
+            ring->cons.next_liveness_ns = now + LIVENESS_INTERVAL_NS;
+            mds_store_relaxed_u64(&h->consumer_heartbeat_ns, now);
             if (pid != 0 && mds_load_acquire_u64(&h->producer_token) != 0 && !mds_pid_alive(pid)) {
                 mds_store_relaxed_u32(&h->consumer_waiting, 0);
                 return mds_set_error(err, MDS_ERR_PEER_GONE, 0, "the producer process %u is gone", pid);

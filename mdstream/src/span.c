@@ -217,7 +217,7 @@ int mds_growbuf_reserve(mds_growbuf *buf, uint64_t size, mds_error *err) {
         if (size > buf->size) buf->size = size;
         return MDS_OK;
     }
-    want = buf->reserved ? buf->reserved : 1u << 20;
+    want = buf->reserved ? buf->reserved : 2u << 20;
     while (want < size) {
         if (want > UINT64_MAX / 2) return mds_set_error(err, MDS_ERR_ARG, 0, "buffer size %llu too large", (unsigned long long)size);
         want *= 2;
@@ -235,6 +235,11 @@ int mds_growbuf_reserve(mds_growbuf *buf, uint64_t size, mds_error *err) {
         if (p == MAP_FAILED)
             return mds_set_error(err, MDS_ERR_SYS, errno, "cannot grow the memory sink to %llu bytes: %s",
                                  (unsigned long long)want, strerror(errno));
+#ifdef MADV_HUGEPAGE
+        /* Fresh pages cost a fault each; 2 MiB pages cut the faults 512-fold
+         * on a dump that is written once, front to back. Advisory only. */
+        madvise(p, (size_t)want, MADV_HUGEPAGE);
+#endif
         buf->data = (uint8_t *)p;
     }
 #else

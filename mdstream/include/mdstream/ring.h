@@ -158,6 +158,7 @@ typedef struct mds_ring {
     struct mds_ring_consumer_state {
         uint64_t cursor;        /* next unread position */
         uint64_t released;      /* last value stored to header->read_pos */
+        uint64_t next_liveness_ns; /* when to check the producer's pid again */
         int claimed;
     } cons;
 } mds_ring;
@@ -197,6 +198,10 @@ void mds_ring_set_producer_options(mds_ring *ring, int coalesce, uint64_t publis
  * deadline).  Never drops data: returns a status instead. */
 int mds_ring_write(mds_ring *ring, uint64_t offset, const void *data, uint64_t length,
                    uint64_t deadline_ns, mds_error *err);
+/* Same, with a timeout (ns, 0 = none) that starts only if the write has to
+ * wait: the fast path never reads the clock. */
+int mds_ring_write_timeout(mds_ring *ring, uint64_t offset, const void *data, uint64_t length,
+                           uint64_t timeout_ns, mds_error *err);
 /* Make every written record visible to the consumer. */
 void mds_ring_flush(mds_ring *ring);
 /* Producer is done: flush, then state FINISHED. */
