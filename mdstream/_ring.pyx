@@ -27,7 +27,12 @@ _STATE_NAMES = {MDS_STATE_OPEN: "open", MDS_STATE_FINISHED: "finished",
 
 cdef int raise_for(int status, const mds_error *err) except -1:
     """The one translator from C statuses to exceptions."""
-    message = err.message.decode("utf-8", "replace") if err != NULL else mds_status_name(status).decode()
+    cdef const char *text
+    if err != NULL:
+        text = &err.message[0]
+    else:
+        text = mds_status_name(status)
+    message = text.decode("utf-8", "replace")
     if status == MDS_ERR_FORMAT:
         raise _errors.RingFormatError(message)
     if status == MDS_ERR_CORRUPT:
