@@ -504,6 +504,8 @@ cdef class Batch:
     cdef int check_live(self) except -1:
         if self.is_released or self.release_requested:
             raise ValueError("the batch was released")
+        if not self.ring.mapped:
+            raise ValueError("the batch's ring was closed")
         return 0
 
     def __getbuffer__(self, Py_buffer *buffer, int flags):
@@ -511,6 +513,8 @@ cdef class Batch:
             raise BufferError("ring batches are read-only")
         if self.is_released or self.release_requested:
             raise BufferError("the batch was released")
+        if not self.ring.mapped:
+            raise BufferError("the batch's ring was closed")
         self.shape[0] = <Py_ssize_t>self.span_len
         self.strides[0] = 1
         buffer.buf = <void *>self.span

@@ -17,6 +17,7 @@ class NullSink:
     def size(self) -> int: ...
 
 class MemorySink:
+    def __init__(self, size_hint: int = ...) -> None: ...
     records: int
     bytes: int
     finished: bool

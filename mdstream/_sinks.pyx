@@ -70,6 +70,17 @@ cdef class MemorySink:
         memset(&self.buf, 0, sizeof(self.buf))
         self.exports = 0
 
+    def __init__(self, size_hint=0):
+        """``size_hint``: the expected dump size, reserved up front (no regrowth)."""
+        cdef mds_error err
+        hint = int(size_hint)
+        if hint < 0:
+            raise ValueError("size_hint must be >= 0")
+        if hint:
+            if mds_growbuf_reserve(&self.buf, hint, &err) != MDS_OK:
+                raise MemoryError(err.message.decode("utf-8", "replace"))
+            self.buf.size = 0
+
     def __dealloc__(self):
         mds_growbuf_free(&self.buf)
 

@@ -617,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_DUMP_TYPE}; e.g. WithFullMemory)")
     output_opts(p)
     p.set_defaults(func=cmd_dump)
+
+    from mdstream import bench
+    bench.add_parser(sub)
     return parser
 
 

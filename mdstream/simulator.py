@@ -146,7 +146,7 @@ def replay(
     if not drain_here:
         sink_list = None
     elif sinks is None:
-        sink_list = [MemorySink()]
+        sink_list = [MemorySink(size_hint=int(getattr(plan, "size", 0) or 0))]
     elif isinstance(sinks, (list, tuple)):
         sink_list = list(sinks)
     else:

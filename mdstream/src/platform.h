@@ -26,6 +26,8 @@ int mds_platform_map_attach(mds_ring *ring, const char *name, mds_ring_header *h
                             uint64_t *file_size, mds_error *err);
 int mds_platform_map_attach_finish(mds_ring *ring, size_t map_size, mds_error *err);
 void mds_platform_unmap(mds_ring *ring);
+/* File-backed rings: fail (MDS_ERR_CORRUPT) if the file no longer covers the mapping. */
+int mds_platform_check_mapping(mds_ring *ring, mds_error *err);
 int mds_platform_unlink(const char *name, mds_error *err);
 
 int mds_set_error(mds_error *err, int status, int sys_errno, const char *fmt, ...)

@@ -17,6 +17,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifndef MAP_POPULATE
+#define MAP_POPULATE 0
+#endif
+
 #ifdef __linux__
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -131,7 +135,9 @@ int mds_platform_map_create(mds_ring *ring, const char *name, size_t map_size, m
     ring->path[0] = '\0';
     ring->name[0] = '\0';
     if (name == NULL) {
-        base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        /* Populated now: a page fault per 4 KiB on the first lap would cost the
+         * producer more than the copies themselves. */
+        base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
         if (base == MAP_FAILED)
             return mds_set_error(err, MDS_ERR_SYS, errno, "mmap of %zu bytes failed: %s", map_size,
                                  strerror(errno));
@@ -171,7 +177,7 @@ int mds_platform_map_create(mds_ring *ring, const char *name, size_t map_size, m
 #else
         (void)rc;
 #endif
-        base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
         if (base == MAP_FAILED) {
             int e = errno;
             close(fd);
@@ -239,7 +245,7 @@ int mds_platform_map_attach(mds_ring *ring, const char *name, mds_ring_header *h
 }
 
 int mds_platform_map_attach_finish(mds_ring *ring, size_t map_size, mds_error *err) {
-    void *base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED, (int)ring->fd, 0);
+    void *base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, (int)ring->fd, 0);
     if (base == MAP_FAILED) {
         int e = errno;
         close((int)ring->fd);
@@ -248,6 +254,17 @@ int mds_platform_map_attach_finish(mds_ring *ring, size_t map_size, mds_error *e
     }
     ring->map_base = base;
     ring->map_size = map_size;
+    return MDS_OK;
+}
+
+int mds_platform_check_mapping(mds_ring *ring, mds_error *err) {
+    struct stat st;
+    if (ring->fd < 0) return MDS_OK;
+    if (fstat((int)ring->fd, &st) != 0)
+        return mds_set_error(err, MDS_ERR_SYS, errno, "cannot stat ring %s: %s", ring->path, strerror(errno));
+    if ((uint64_t)st.st_size < (uint64_t)ring->map_size)
+        return mds_set_error(err, MDS_ERR_CORRUPT, 0, "ring file %s was truncated to %lld bytes under the consumer",
+                             ring->path, (long long)st.st_size);
     return MDS_OK;
 }
 

@@ -238,9 +238,21 @@ int mds_ring_claim_producer(mds_ring *ring, mds_error *err) {
     if (ring->prod.claimed) return MDS_OK;
     rc = claim(&ring->header->producer_token, &ring->header->producer_pid, ring, "producer", err);
     if (rc != MDS_OK) return rc;
+    {
+        /* The positions may have changed since attach validated them: the
+         * producer writes at write_pos, so check them again before trusting. */
+        uint64_t write_pos = mds_load_acquire_u64(&ring->header->write_pos);
+        uint64_t read_pos = mds_load_acquire_u64(&ring->header->read_pos);
+        if ((write_pos % MDS_RING_RECORD_ALIGN) != 0 || (read_pos % MDS_RING_RECORD_ALIGN) != 0 ||
+            read_pos > write_pos || write_pos - read_pos > ring->capacity) {
+            mds_store_release_u64(&ring->header->producer_token, 0);
+            return mds_set_error(err, MDS_ERR_CORRUPT, 0, "inconsistent positions (read %llu, write %llu)",
+                                 (unsigned long long)read_pos, (unsigned long long)write_pos);
+        }
+        ring->prod.wpos = ring->prod.published = write_pos;
+        ring->prod.read_cached = read_pos;
+    }
     ring->prod.claimed = 1;
-    ring->prod.wpos = ring->prod.published = mds_load_acquire_u64(&ring->header->write_pos);
-    ring->prod.read_cached = mds_load_acquire_u64(&ring->header->read_pos);
     ring->prod.open_record = NO_RECORD;
     mds_store_relaxed_u64(&ring->header->producer_heartbeat_ns, mds_now_ns());
     return MDS_OK;
@@ -482,7 +494,10 @@ int mds_ring_abort(mds_ring *ring, int32_t code, const char *reason) {
 int mds_ring_poll(mds_ring *ring, uint64_t *start, uint64_t *end, mds_error *err) {
     mds_ring_header *h = ring->header;
     uint64_t cursor = ring->cons.cursor;
-    uint64_t write_pos = mds_load_acquire_u64(&h->write_pos);
+    uint64_t write_pos;
+    /* A file shrunk under us would turn the next access into SIGBUS. */
+    if (mds_platform_check_mapping(ring, err) != MDS_OK) return err->status;
+    write_pos = mds_load_acquire_u64(&h->write_pos);
     uint64_t wrap;
     if (write_pos == cursor) {
         uint32_t state = mds_load_acquire_u32(&h->state);

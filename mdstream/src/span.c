@@ -56,7 +56,7 @@ int mds_span_apply_memory(const uint8_t *span, uint64_t span_len, uint8_t *dest,
         if (rec.offset > dest_size || rec.length > dest_size - rec.offset)
             return mds_set_error(err, MDS_ERR_CORRUPT, 0, "record for [%llu, %llu) changed after it was checked",
                                  (unsigned long long)rec.offset, (unsigned long long)(rec.offset + rec.length));
-        memcpy(dest + rec.offset, span + rec.payload_pos, rec.length);
+        if (rec.length) memcpy(dest + rec.offset, span + rec.payload_pos, rec.length); /* dest may be NULL when empty */
     }
     return rc == 0 ? MDS_OK : rc;
 }

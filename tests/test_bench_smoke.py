@@ -1,0 +1,91 @@
+"""Smoke test of the throughput benchmarks (issue 5): the quick mode runs every workload and
+baseline end to end and reports them.  No speed is asserted -- CI machines are shared."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from mdstream import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_KEYS = {f"peer/{p.package}" for p in bench.PEERS} | {"peer/multiprocessing.Queue"}
+
+
+@pytest.fixture(scope="module")
+def quick_results() -> dict:
+    return bench.run(quick=True)
+
+
+def test_quick_run_covers_every_workload_and_baseline(quick_results):
+    assert set(quick_results["workloads"]) == set(bench.WORKLOADS)
+    for name, w in quick_results["workloads"].items():
+        cases = w["cases"]
+        for key in ("mdstream/null", "mdstream/memory", "mdstream/file", "memcpy/one-piece", "memcpy/pieces",
+                    "pwrite/new-file"):
+            assert cases[key]["status"] == "ok", (name, key, cases[key])
+            assert cases[key]["gbps"] > 0 and cases[key]["median_s"] > 0
+            assert cases[key]["x_memcpy"] is not None
+        # A peer is measured, or reported missing/failed with a reason -- never dropped.
+        for key in PEER_KEYS:
+            assert key in cases, (name, key)
+            assert cases[key]["status"] in ("ok", "missing", "failed")
+            if cases[key]["status"] != "ok":
+                assert cases[key]["reason"]
+        assert cases["peer/multiprocessing.Queue"]["status"] == "ok"  # the standard library is always there
+
+
+def test_quick_run_reports_rss_and_targets(quick_results):
+    rss = quick_results["rss"]
+    assert rss["dump_bytes"] == rss["file_bytes"] == bench.RSS_DUMP_BYTES[1]
+    assert rss["peak_rss"] > 0 and rss["budget"] == bench.RING_CAPACITY + bench.RSS_BUDGET_EXTRA
+    names = [t["target"] for t in quick_results["targets"]]
+    assert len(names) == 6
+    assert all(t["met"] in (True, False, None) for t in quick_results["targets"])
+    json.dumps(quick_results)  # JSON-ready
+
+
+def test_table_names_every_case_and_target(quick_results):
+    table = bench.format_table(quick_results)
+    for name in bench.WORKLOADS:
+        assert f"\n{name}:" in table
+    for label in ("ring alone (NullSink)", "MemorySink", "FileSink", "one piece", "os.pwrite", "multiprocessing.Queue",
+                  "faster-fifo", "ringbuf", "tachyon-ipc", "shm-ring-buffer", "peak RSS", "targets"):
+        assert label in table, label
+
+
+def test_cli_command_prints_json(capsys):
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    bench.add_parser(sub)
+    args = parser.parse_args(["bench", "--quick", "--json", "--workloads", "tiny,1k", "--rounds", "1", "--no-peers",
+                              "--no-rss", "-q"])
+    assert args.func is bench.command
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["workloads"]) == {"tiny", "1k"}
+    assert out["workloads"]["1k"]["cases"]["mdstream/memory"]["rounds"] == 1
+
+
+def test_cli_rejects_unknown_workload(capsys):
+    args = argparse.Namespace(quick=True, json=False, output=None, workloads="huge", rounds=None, no_peers=True,
+                              no_rss=True, dir=None, quiet=True)
+    assert bench.command(args) == 2
+    assert "unknown workload" in capsys.readouterr().err
+
+
+def test_plot_script_reads_the_results(quick_results, tmp_path):
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location("mdstream_bench_plot", ROOT / "benchmarks" / "plot.py")
+    assert spec and spec.loader
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(quick_results))
+    png = tmp_path / "plot.png"
+    assert plot.main([str(results), "-o", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
