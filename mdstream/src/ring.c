@@ -118,7 +118,7 @@ int mds_ring_create(mds_ring *ring, const char *name, uint64_t capacity, mds_err
     h->max_payload = ring->max_payload;
     h->creator_pid = ring->pid;
     h->created_ns = mds_now_ns();
-    __atomic_thread_fence(__ATOMIC_RELEASE);
+    mds_fence_release();
     memcpy(h->magic, MDS_RING_MAGIC, 8);
     return MDS_OK;
 }
@@ -185,13 +185,13 @@ void mds_ring_close(mds_ring *ring) {
     if (ring->prod.claimed) {
         mds_ring_flush(ring);
         if (mds_load_acquire_u32(&ring->header->state) == MDS_STATE_OPEN)
-            __atomic_fetch_or(&ring->header->flags, MDS_FLAG_PRODUCER_DETACHED, __ATOMIC_SEQ_CST);
+            mds_fetch_or_u32(&ring->header->flags, MDS_FLAG_PRODUCER_DETACHED);
         mds_store_release_u64(&ring->header->producer_token, 0);
         mds_fetch_add_u32(&ring->header->data_event, 1);
         mds_platform_wake_u32(&ring->header->data_event);
     }
     if (ring->cons.claimed) {
-        __atomic_fetch_or(&ring->header->flags, MDS_FLAG_CONSUMER_DETACHED, __ATOMIC_SEQ_CST);
+        mds_fetch_or_u32(&ring->header->flags, MDS_FLAG_CONSUMER_DETACHED);
         mds_store_release_u64(&ring->header->consumer_token, 0);
         mds_fetch_add_u32(&ring->header->space_event, 1);
         mds_platform_wake_u32(&ring->header->space_event);

@@ -29,6 +29,18 @@
          ? 1 : (*(expected_ptr) = (unsigned __int64)*(volatile __int64 *)(p), 0))
 #define mds_fence_seqcst() MemoryBarrier()
 #define mds_cpu_relax() YieldProcessor()
+#define mds_fetch_or_u32(p, v) ((unsigned)InterlockedOr((volatile long *)(p), (long)(v)))
+#define mds_fence_release() _ReadWriteBarrier()
+#if defined(_M_IX86) /* volatile 64-bit accesses tear on 32-bit x86 */
+#undef mds_load_acquire_u64
+#undef mds_load_relaxed_u64
+#undef mds_store_release_u64
+#undef mds_store_relaxed_u64
+#define mds_load_acquire_u64(p) ((unsigned __int64)InterlockedCompareExchange64((volatile __int64 *)(p), 0, 0))
+#define mds_load_relaxed_u64(p) mds_load_acquire_u64(p)
+#define mds_store_release_u64(p, v) ((void)InterlockedExchange64((volatile __int64 *)(p), (__int64)(v)))
+#define mds_store_relaxed_u64(p, v) mds_store_release_u64(p, v)
+#endif
 #else
 #define mds_load_acquire_u64(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define mds_load_relaxed_u64(p) __atomic_load_n((p), __ATOMIC_RELAXED)
@@ -46,6 +58,8 @@
 #define mds_cas_u64(p, expected_ptr, desired) \
     __atomic_compare_exchange_n((p), (expected_ptr), (desired), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
 #define mds_fence_seqcst() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+#define mds_fetch_or_u32(p, v) __atomic_fetch_or((p), (v), __ATOMIC_SEQ_CST)
+#define mds_fence_release() __atomic_thread_fence(__ATOMIC_RELEASE)
 #if defined(__x86_64__) || defined(__i386__)
 #define mds_cpu_relax() __builtin_ia32_pause()
 #else
