@@ -32,6 +32,9 @@ COMPILER_DIRECTIVES = {
 
 C_CORE = sorted(glob.glob("mdstream/src/*.c"))
 INCLUDE_DIRS = ["mdstream/include", "mdstream/src", numpy.get_include()]
+# Extensions that compile more C than the core (the Linux minidump writer).
+EXTRA_SOURCES = {"_linux": sorted(glob.glob("mdstream/linuxdump/*.c"))}
+EXTRA_INCLUDE_DIRS = {"_linux": ["mdstream/linuxdump"]}
 
 if sys.platform == "win32":
     extra_compile_args = ["/W4", "/std:c11", "/experimental:c11atomics"]
@@ -65,8 +68,8 @@ define_macros.append(("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"))
 def extension(module: str) -> Extension:
     return Extension(
         f"mdstream.{module}",
-        sources=[f"mdstream/{module}.pyx", *C_CORE],
-        include_dirs=INCLUDE_DIRS,
+        sources=[f"mdstream/{module}.pyx", *C_CORE, *EXTRA_SOURCES.get(module, [])],
+        include_dirs=INCLUDE_DIRS + EXTRA_INCLUDE_DIRS.get(module, []),
         define_macros=define_macros,
         extra_compile_args=extra_compile_args,
         extra_link_args=extra_link_args,

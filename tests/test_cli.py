@@ -500,10 +500,44 @@ def test_info_refuses_non_minidumps(capsys, tmp_path, content):
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="explains itself only off Windows")
-def test_dump_off_windows(capsys, tmp_path):
+@pytest.mark.skipif(sys.platform == "win32" or sys.platform.startswith("linux"),
+                    reason="Windows and Linux have a dump writer")
+def test_dump_elsewhere_explains_itself(capsys, tmp_path):
     assert main(["dump", "1234", "-o", str(tmp_path / "x.dmp"), "--type", "WithFullMemory|WithHandleData"]) == 2
     assert_one_error_line(capsys.readouterr().err, "DbgHelp", "MiniDumpWriteDump", sys.platform)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the Linux writer")
+def test_dump_a_live_linux_process(capsys, tmp_path):
+    import json
+    import subprocess
+    import time
+
+    from mdstream.minidump import read_info
+
+    target = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.3)
+        out = tmp_path / "live.dmp"
+        assert main(["dump", str(target.pid), "-o", str(out), "--json"]) == 0
+        payload = json.loads(capsys.readouterr().out)
+        assert payload["pid"] == target.pid and payload["size"] == out.stat().st_size
+        assert out.stat().st_mode & 0o777 == 0o600
+        names = [s.type_name for s in read_info(out).streams]
+        assert "ThreadListStream" in names and "ModuleListStream" in names
+        with open(f"/proc/{target.pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] in "RS"  # left running
+    finally:
+        target.kill()
+        target.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the Linux writer")
+def test_dump_of_a_missing_process_is_one_clear_line(capsys, tmp_path):
+    assert main(["dump", "999999999", "-o", str(tmp_path / "x.dmp")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 
 

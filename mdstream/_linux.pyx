@@ -1,0 +1,304 @@
+# cython: freethreading_compatible = False
+"""The Linux minidump writer's native face: a ptrace snapshot of a live
+process (``Snapshot.take``) and the emission of its minidump through a
+MINIDUMP_CALLBACK_ROUTINE from a native thread.  Use :mod:`mdstream.linux`."""
+
+from cpython.exc cimport PyErr_CheckSignals
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memset
+
+from mdstream._dbghelp cimport BOOL, HRESULT, PVOID, ULONG, MINIDUMP_CALLBACK_ROUTINE
+
+
+cdef extern from "linuxdump.h" nogil:
+    enum:
+        MDL_OK
+        MDL_ERR_ARG
+        MDL_ERR_SYS
+        MDL_ERR_NO_PROCESS
+        MDL_ERR_PERMISSION
+        MDL_ERR_EXITED
+        MDL_ERR_ZOMBIE
+        MDL_ERR_TIMEOUT
+        MDL_ERR_UNSUPPORTED
+        MDL_ERR_SELF
+        MDL_ERR_EMIT
+
+    ctypedef struct mdl_error:
+        int status
+        int sys_errno
+        char message[512]
+
+    ctypedef struct mdl_options:
+        int full_memory
+        int include_environ
+        int include_cmdline
+        int sanitize_stacks
+        uint32_t max_stack
+        uint32_t ip_context
+        uint64_t stop_timeout_ns
+        int exception_signal
+        int exception_code
+        uint64_t exception_address
+        uint32_t exception_tid
+        int fault
+
+    void mdl_options_init(mdl_options *options)
+
+    ctypedef struct mdl_snapshot:
+        pass
+
+    ctypedef struct mdl_figures:
+        uint32_t pid
+        uint32_t threads
+        uint32_t modules
+        uint32_t mappings
+        uint32_t memory_ranges
+        uint64_t memory_bytes
+        uint64_t stopped_ns
+        uint64_t snapshot_ns
+        uint32_t vm_readv_failures
+        uint32_t pending_signals
+
+    int mdl_snapshot_take(uint32_t pid, const mdl_options *options, mdl_snapshot **out, mdl_error *err)
+    void mdl_snapshot_figures(const mdl_snapshot *snap, mdl_figures *out)
+    void mdl_snapshot_free(mdl_snapshot *snap)
+
+    ctypedef struct mdl_piece:
+        uint64_t offset
+        const uint8_t *data
+        uint64_t size
+
+    ctypedef struct mdl_layout:
+        uint8_t *meta
+        uint64_t meta_size
+        mdl_piece *pieces
+        size_t npieces
+        uint64_t total
+        uint32_t streams
+
+    int mdl_layout_build(const mdl_snapshot *snap, const mdl_options *options, mdl_layout *out, mdl_error *err)
+    void mdl_layout_free(mdl_layout *layout)
+
+    ctypedef struct mdl_emitter:
+        MINIDUMP_CALLBACK_ROUTINE routine
+        PVOID param
+        const mdl_layout *layout
+        uint32_t max_write
+        uint64_t writes
+        uint64_t bytes
+        uint32_t done
+        int succeeded
+        ULONG failed_callback_type
+        BOOL failed_return
+        HRESULT failed_status
+        uint64_t elapsed_ns
+        void *thread
+        int started
+
+    int mdl_emit_start(mdl_emitter *em, mdl_error *err)
+    int mdl_emit_wait(mdl_emitter *em, uint64_t timeout_ns)
+    int mdl_emit_is_done(const mdl_emitter *em)
+    uint64_t mdl_now_ns()
+
+
+STATUS_NAMES = {
+    MDL_ERR_ARG: "bad argument",
+    MDL_ERR_SYS: "system error",
+    MDL_ERR_NO_PROCESS: "no such process",
+    MDL_ERR_PERMISSION: "permission denied",
+    MDL_ERR_EXITED: "process exited",
+    MDL_ERR_ZOMBIE: "zombie",
+    MDL_ERR_TIMEOUT: "timeout",
+    MDL_ERR_UNSUPPORTED: "unsupported platform",
+    MDL_ERR_SELF: "own process",
+    MDL_ERR_EMIT: "emission failed",
+}
+
+
+cdef int raise_error(int status, mdl_error *err) except -1:
+    from mdstream import linux
+    message = err.message.decode("utf-8", "replace")
+    raise linux.error_for(int(status), int(err.sys_errno), message)
+
+
+cdef class Snapshot:
+    """What was copied from a stopped process, and the minidump laid out from it.
+
+    ``Snapshot.take(pid, ...)`` stops every thread (PTRACE_SEIZE +
+    PTRACE_INTERRUPT, bounded waits), copies registers, maps, stacks and memory
+    around each RIP (and every readable private mapping with ``full=True``),
+    resumes the process, and lays the minidump out.  ``start_emit(routine,
+    param)`` then calls the routine from a native thread: IoStart, IoWriteAll
+    in increasing offsets, IoFinish.  The process is running again before
+    ``take`` returns, whatever the emission does later.
+    """
+
+    cdef mdl_snapshot *snap
+    cdef mdl_options options
+    cdef mdl_layout layout
+    cdef bint laid_out
+    cdef mdl_emitter em
+    cdef object keepalive
+
+    def __cinit__(self):
+        self.snap = NULL
+        self.laid_out = False
+        memset(&self.layout, 0, sizeof(self.layout))
+        memset(&self.em, 0, sizeof(self.em))
+        mdl_options_init(&self.options)
+
+    def __dealloc__(self):
+        if self.em.started:
+            with nogil:
+                mdl_emit_wait(&self.em, <uint64_t>-1)
+        if self.laid_out:
+            mdl_layout_free(&self.layout)
+        if self.snap != NULL:
+            mdl_snapshot_free(self.snap)
+
+    @staticmethod
+    def take(pid, *, full=False, include_environ=False, include_cmdline=True, sanitize_stacks=False,
+             max_stack=64 * 1024, ip_context=256, stop_timeout=5.0, exception=None, _fault=0):
+        cdef Snapshot self = Snapshot.__new__(Snapshot)
+        cdef mdl_error err
+        cdef int rc
+        cdef uint32_t cpid
+        pid = int(pid)
+        if not 0 < pid < 2**31:
+            raise ValueError(f"bad pid {pid!r}")
+        if not 0 < int(max_stack) <= 1 << 30:
+            raise ValueError("max_stack must be in (0, 1 GiB]")
+        if not 0 <= int(ip_context) <= 1 << 20:
+            raise ValueError("ip_context must be in [0, 1 MiB]")
+        if not float(stop_timeout) > 0:
+            raise ValueError("stop_timeout must be a positive number of seconds")
+        self.options.full_memory = 1 if full else 0
+        self.options.include_environ = 1 if include_environ else 0
+        self.options.include_cmdline = 1 if include_cmdline else 0
+        self.options.sanitize_stacks = 1 if sanitize_stacks else 0
+        self.options.max_stack = <uint32_t>int(max_stack)
+        self.options.ip_context = <uint32_t>int(ip_context)
+        self.options.stop_timeout_ns = <uint64_t>(float(stop_timeout) * 1e9)
+        if exception is not None:
+            signal, code, address, tid = (tuple(exception) + (0, 0, 0))[:4]
+            if not 0 < int(signal) < 65:
+                raise ValueError(f"bad exception signal {signal!r}")
+            self.options.exception_signal = int(signal)
+            self.options.exception_code = int(code)
+            self.options.exception_address = int(address) & 0xFFFFFFFFFFFFFFFF
+            self.options.exception_tid = int(tid)
+        self.options.fault = int(_fault)
+        cpid = <uint32_t>pid
+        memset(&err, 0, sizeof(err))
+        with nogil:
+            rc = mdl_snapshot_take(cpid, &self.options, &self.snap, &err)
+        if rc != MDL_OK:
+            raise_error(rc, &err)
+        with nogil:
+            rc = mdl_layout_build(self.snap, &self.options, &self.layout, &err)
+        if rc != MDL_OK:
+            raise_error(rc, &err)
+        self.laid_out = True
+        return self
+
+    @property
+    def figures(self):
+        """threads, modules, mappings, memory_ranges, memory_bytes, stopped_seconds, snapshot_seconds, ..."""
+        cdef mdl_figures f
+        mdl_snapshot_figures(self.snap, &f)
+        return {
+            "pid": f.pid,
+            "threads": f.threads,
+            "modules": f.modules,
+            "mappings": f.mappings,
+            "memory_ranges": f.memory_ranges,
+            "memory_bytes": f.memory_bytes,
+            "stopped_seconds": f.stopped_ns / 1e9,
+            "snapshot_seconds": f.snapshot_ns / 1e9,
+            "vm_readv_failures": f.vm_readv_failures,
+            "pending_signals": f.pending_signals,
+            "dump_size": self.layout.total,
+            "streams": self.layout.streams,
+        }
+
+    @property
+    def size(self):
+        """Size of the minidump file in bytes."""
+        return self.layout.total
+
+    @property
+    def pieces(self):
+        """``[(offset, size), ...]`` the emission writes (before cutting into ``max_write`` pieces)."""
+        return [(self.layout.pieces[i].offset, self.layout.pieces[i].size) for i in range(self.layout.npieces)]
+
+    def start_emit(self, routine_address, param_address, *, max_write=16 << 20, keepalive=None):
+        """Start the native thread that calls the routine (IoStart, IoWriteAll..., IoFinish)."""
+        cdef mdl_error err
+        if self.em.started:
+            raise RuntimeError("an emission is already running")
+        if not 0 < int(max_write) <= 0xFFFFFFF0:
+            raise ValueError("max_write must be in (0, 4 GiB)")
+        memset(&self.em, 0, sizeof(self.em))
+        self.em.routine = <MINIDUMP_CALLBACK_ROUTINE><size_t>int(routine_address)
+        self.em.param = <PVOID><size_t>int(param_address)
+        self.em.layout = &self.layout
+        self.em.max_write = <uint32_t>int(max_write)
+        self.keepalive = keepalive
+        if mdl_emit_start(&self.em, &err) != MDL_OK:
+            raise_error(err.status, &err)
+
+    def wait(self, timeout=None):
+        """Wait for the emission thread (``None``: until it ends, still interruptible); True once joined."""
+        cdef uint64_t slice_ns = 50000000
+        cdef uint64_t deadline = 0
+        cdef int done = 0
+        if not self.em.started:
+            return True
+        if timeout is not None:
+            deadline = mdl_now_ns() + <uint64_t>(max(float(timeout), 0.0) * 1e9)
+        while True:
+            with nogil:
+                done = mdl_emit_wait(&self.em, slice_ns)
+            if done:
+                self.keepalive = None
+                return True
+            PyErr_CheckSignals()
+            if timeout is not None and mdl_now_ns() >= deadline:
+                return False
+
+    @property
+    def done(self):
+        return bool(mdl_emit_is_done(&self.em))
+
+    @property
+    def succeeded(self):
+        return bool(mdl_emit_is_done(&self.em)) and bool(self.em.succeeded)
+
+    @property
+    def writes(self):
+        return self.em.writes
+
+    @property
+    def bytes_emitted(self):
+        return self.em.bytes
+
+    @property
+    def emit_seconds(self):
+        return self.em.elapsed_ns / 1e9
+
+    @property
+    def failure(self):
+        """``{"callback_type", "returned", "status"}`` of the call that stopped the emission, or None."""
+        if not mdl_emit_is_done(&self.em) or self.em.succeeded:
+            return None
+        return {
+            "callback_type": int(self.em.failed_callback_type),
+            "returned": bool(self.em.failed_return),
+            "status": <uint32_t>self.em.failed_status,
+            "index": self.em.writes,
+        }
+
+    def meta_bytes(self):
+        """The laid-out metadata (header, directory, streams) as bytes: for tests."""
+        return bytes((<char *>self.layout.meta)[:self.layout.meta_size])

@@ -1,0 +1,234 @@
+"""Dump a live Linux process as a minidump, streamed through the callback.
+
+On Linux there is no DbgHelp, so mdstream writes the minidump itself: it stops
+the target's threads with ptrace, copies what the dump needs, resumes the
+target, and only then lays the file out and emits it through the very same
+``MINIDUMP_CALLBACK_ROUTINE`` protocol (IoStart, IoWriteAll in increasing
+offsets, IoFinish) from a native thread.  The ring, the sinks, ``mdstream
+drain`` and the benchmarks therefore work unchanged.  See ``docs/linux.md``.
+
+>>> result = write_dump(pid, "process.dmp")                      # doctest: +SKIP
+>>> result.extra["threads"], result.extra["stopped_seconds"]     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import Any, Callable, Sequence
+
+from mdstream import errors
+from mdstream.pipeline import DEFAULT_RING_CAPACITY, Progress, Sink, StreamResult, drain
+
+__all__ = [
+    "LinuxDumpError",
+    "ProcessNotFoundError",
+    "PtracePermissionError",
+    "ProcessExitedError",
+    "ZombieProcessError",
+    "SnapshotTimeoutError",
+    "UnsupportedPlatformError",
+    "write_dump",
+    "supported",
+]
+
+
+class LinuxDumpError(errors.MdstreamError):
+    """Dumping a live Linux process failed; ``sys_errno`` is the system error when there was one."""
+
+    def __init__(self, message: str, sys_errno: int = 0) -> None:
+        super().__init__(message)
+        self.sys_errno = sys_errno
+
+
+class ProcessNotFoundError(LinuxDumpError, ProcessLookupError):
+    """No process has that pid."""
+
+
+class PtracePermissionError(LinuxDumpError, PermissionError):
+    """ptrace refused to attach (other user, ptrace_scope, no CAP_SYS_PTRACE, or already traced)."""
+
+
+class ProcessExitedError(LinuxDumpError):
+    """The process exited while it was being snapshotted."""
+
+
+class ZombieProcessError(LinuxDumpError):
+    """The process has exited and is waiting to be reaped: nothing is left to dump."""
+
+
+class SnapshotTimeoutError(LinuxDumpError, TimeoutError):
+    """Some threads did not stop before the deadline (the process was resumed)."""
+
+
+class UnsupportedPlatformError(LinuxDumpError, NotImplementedError):
+    """The Linux writer runs on Linux x86-64 only."""
+
+
+_ERRORS: dict[int, type[LinuxDumpError]] = {
+    3: ProcessNotFoundError,
+    4: PtracePermissionError,
+    5: ProcessExitedError,
+    6: ZombieProcessError,
+    7: SnapshotTimeoutError,
+    8: UnsupportedPlatformError,
+}
+
+
+def error_for(status: int, errno: int, message: str) -> BaseException:
+    """The exception for a C status (used by the extension)."""
+    if status == 1:
+        return ValueError(message)
+    if status == 9:  # the calling process itself
+        return LinuxDumpError(message, errno)
+    return _ERRORS.get(status, LinuxDumpError)(message, errno)
+
+
+def supported() -> bool:
+    """True where :func:`write_dump` works: Linux on x86-64."""
+    return sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _check_platform() -> None:
+    if not supported():
+        raise UnsupportedPlatformError(
+            f"mdstream.linux.write_dump dumps live Linux x86-64 processes; this is {sys.platform} on "
+            f"{platform.machine() or 'an unknown machine'}"
+            + (" (on Windows, hand mdstream.DumpCallback to DbgHelp's MiniDumpWriteDump instead)"
+               if sys.platform == "win32" else "")
+        )
+
+
+def _failure(snapshot: Any, callback: Any) -> errors.DumpFailedError:
+    from mdstream.dbghelp import CallbackType, hresult_name
+
+    failure = snapshot.failure or {}
+    status = failure.get("status", 0)
+    ctype = failure.get("callback_type")
+    reason = ""
+    if callback is not None and callback.failure is not None:
+        status, reason = callback.failure
+    try:
+        name = CallbackType(int(ctype)).name if ctype is not None else "unknown callback"
+    except ValueError:
+        name = str(ctype)
+    if not reason:
+        reason = "the callback returned FALSE" if not failure.get("returned", True) else "unexpected Status"
+    return errors.DumpFailedError(f"dump failed in {name}: {hresult_name(status)}: {reason}", status, reason, ctype)
+
+
+def write_dump(
+    pid: int,
+    sinks_or_ring: Any = None,
+    *,
+    full: bool = False,
+    include_environ: bool = False,
+    include_cmdline: bool = True,
+    sanitize_stacks: bool = False,
+    max_stack: int = 64 * 1024,
+    ip_context: int = 256,
+    stop_timeout: float = 5.0,
+    exception: tuple[int, ...] | None = None,
+    ring_capacity: int = DEFAULT_RING_CAPACITY,
+    deadline: float | None = 30.0,
+    timeout: float | None = None,
+    max_write: int = 16 << 20,
+    progress: Callable[[Progress], None] | None = None,
+    _fault: int = 0,
+) -> StreamResult:
+    """Write a minidump of the live process ``pid`` through the streaming callback.
+
+    ``sinks_or_ring``: a path (written with a :class:`~mdstream.FileSink`), a
+    sink or a list of sinks (drained here), ``None`` (one
+    :class:`~mdstream.MemorySink`), or a :class:`~mdstream.Ring` that another
+    process drains (nothing is drained here).
+
+    The target is stopped only while its threads, registers, maps, stacks (up
+    to ``max_stack`` bytes from the page-aligned stack pointer), the
+    ``ip_context`` bytes each side of every instruction pointer and, with
+    ``full=True``, every readable private mapping are copied; it is resumed
+    before the first byte is emitted, so a slow consumer never extends the
+    stop.  Privacy: ``include_environ=False`` (default) leaves the environment
+    out (and blanks it in copied memory), ``include_cmdline=False`` does the
+    same for the arguments, ``sanitize_stacks=True`` replaces every stack word
+    that is not a small integer or a pointer into the stack or code with
+    ``0x0defaced`` (Breakpad's rule).  ``exception=(signal, code, address[,
+    tid])`` adds an Exception stream.
+
+    Returns the pipeline's :class:`~mdstream.StreamResult`; ``result.extra``
+    holds the snapshot's figures: ``threads``, ``modules``, ``memory_bytes``,
+    ``dump_size``, ``stopped_seconds`` (time the target was stopped),
+    ``snapshot_seconds`` and ``emit_seconds``.
+
+    Raises :class:`ProcessNotFoundError`, :class:`PtracePermissionError`,
+    :class:`ProcessExitedError`, :class:`ZombieProcessError`,
+    :class:`SnapshotTimeoutError`, :class:`UnsupportedPlatformError` (not
+    Linux x86-64), or :class:`~mdstream.DumpFailedError` when the callback
+    refuses a write.
+    """
+    _check_platform()
+    from mdstream._callback import DumpCallback
+    from mdstream._linux import Snapshot
+    from mdstream._ring import Ring
+    from mdstream._sinks import FileSink, MemorySink
+
+    ring: Ring | None = sinks_or_ring if isinstance(sinks_or_ring, Ring) else None
+    sink_list: list[Sink] | None = None
+    if ring is None:
+        if sinks_or_ring is None:
+            sink_list = [MemorySink()]
+        elif isinstance(sinks_or_ring, (str, os.PathLike)):
+            sink_list = [FileSink(sinks_or_ring)]
+        elif isinstance(sinks_or_ring, (list, tuple)):
+            sink_list = list(sinks_or_ring)
+        else:
+            sink_list = [sinks_or_ring]
+        if not sink_list:
+            raise ValueError("no sinks")
+
+    snapshot = Snapshot.take(
+        pid,
+        full=full,
+        include_environ=include_environ,
+        include_cmdline=include_cmdline,
+        sanitize_stacks=sanitize_stacks,
+        max_stack=max_stack,
+        ip_context=ip_context,
+        stop_timeout=stop_timeout,
+        exception=exception,
+        _fault=_fault,
+    )
+    # The target runs again from here on.
+    if ring is None:
+        ring = Ring.create(None, ring_capacity)
+    callback = DumpCallback(ring, deadline=deadline)
+    snapshot.start_emit(callback.routine_address, callback.param_address, max_write=max_write, keepalive=callback)
+    try:
+        if sink_list is None:
+            snapshot.wait(timeout)
+            if not snapshot.done:
+                raise errors.RingTimeoutError(f"the dump was not consumed within {timeout} s")
+            result = StreamResult("ok", snapshot.bytes_emitted, snapshot.writes, snapshot.writes,
+                                  snapshot.emit_seconds, snapshot.size)
+        else:
+            def producer_failed() -> BaseException | None:
+                if snapshot.done and not snapshot.succeeded:
+                    return _failure(snapshot, callback)
+                return None
+
+            result = drain(ring, sink_list, timeout=timeout, progress=progress, producer_failed=producer_failed,
+                           writes=lambda: snapshot.writes, expected_bytes=snapshot.size)
+    except BaseException:
+        if not ring.closed and ring.state == "open":
+            ring.abort(0x80004004, "dump interrupted")
+        snapshot.wait()
+        raise
+    snapshot.wait()
+    if not snapshot.succeeded:
+        raise _failure(snapshot, callback)
+    result.writes = snapshot.writes
+    result.extra.update(snapshot.figures)
+    result.extra["emit_seconds"] = snapshot.emit_seconds
+    result.extra["full"] = bool(full)
+    return result
