@@ -99,11 +99,11 @@ KNOWN_BUGS = ["producer_claim_unchecked_positions", "batch_after_close", "memory
 
 @pytest.mark.parametrize("name", KNOWN_BUGS)
 def test_known_bug_reproducer(name):
-    """Found by fuzzing / stress (fuzz/known_bugs.py says where): each runs in a
-    child process and passes once fixed.  Expected to fail until then (XPASS =
-    fixed: drop it from the list and its step-around in fuzz/_common.py)."""
+    """Bugs found by fuzzing / stress (fuzz/known_bugs.py says where), all fixed:
+    each reproducer runs in a child process and must print OK (a regression
+    test: it fails with the crash if the bug comes back)."""
     kb = importlib.import_module("known_bugs")
     assert name in kb.BUGS
     fixed, what = kb.run(name)
     if not fixed:
-        pytest.xfail(f"known bug {name}: {what[:200]}")
+        pytest.fail(f"regression of {name}: {what[:200]}")

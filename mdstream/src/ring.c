@@ -364,7 +364,7 @@ static int try_coalesce(mds_ring *ring, uint64_t offset, const void *data, uint6
     uint64_t new_len, new_end, wrap;
     if (rec_pos == NO_RECORD || ring->prod.open_end_offset != offset) return 0;
     rec = (mds_record_header *)(ring->data + (rec_pos & ring->mask));
-    new_len = (uint64_t)rec->length + length;
+    new_len = ring->prod.open_length + length;
     if (new_len > ring->max_payload) return 0;
     new_end = rec_pos + record_total(new_len);
     wrap = (rec_pos | ring->mask) + 1;
@@ -373,8 +373,11 @@ static int try_coalesce(mds_ring *ring, uint64_t offset, const void *data, uint6
         ring->prod.read_cached = mds_load_acquire_u64(&ring->header->read_pos);
         if (new_end - ring->prod.read_cached > ring->capacity) return 0;
     }
-    memcpy((uint8_t *)rec + MDS_RING_RECORD_HEADER + rec->length, data, (size_t)length);
+    /* The length comes from our own state, never read back from the shared
+     * mapping, where a peer could have rewritten it. */
+    memcpy((uint8_t *)rec + MDS_RING_RECORD_HEADER + ring->prod.open_length, data, (size_t)length);
     rec->length = (uint32_t)new_len;
+    ring->prod.open_length = new_len;
     ring->prod.wpos = new_end;
     ring->prod.open_end_offset = offset + length;
     return 1;
@@ -428,6 +431,7 @@ static int write_records(mds_ring *ring, uint64_t offset, const void *data, uint
         ring->prod.wpos = pos + total;
         ring->prod.records_pending++;
         ring->prod.open_record = pos;
+        ring->prod.open_length = chunk;
         ring->prod.open_end_offset = offset + chunk;
         offset += chunk;
         src += chunk;

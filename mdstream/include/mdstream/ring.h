@@ -147,6 +147,7 @@ typedef struct mds_ring {
         uint64_t read_cached;   /* last read_pos seen */
         uint64_t open_record;   /* position of an unpublished record that may grow, or UINT64_MAX */
         uint64_t open_end_offset; /* dump offset right after that record's payload */
+        uint64_t open_length;   /* that record's payload length (kept here, not re-read from shared memory) */
         uint64_t publish_bytes; /* publish once this many bytes are pending; 0 = every write */
         uint64_t records_pending;
         int coalesce;           /* merge a write into the open record when adjacent */
