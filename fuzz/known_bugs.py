@@ -1,29 +1,30 @@
 #!/usr/bin/env python3
-"""Reproducers of the bugs the fuzzers and stress tests found (reported, not
-fixed here: the C core and the Cython modules belong to other engineers).
+"""Reproducers of the bugs the fuzzers and stress tests found.
 
-Each reproducer is a small program that must end with "OK" once the bug is
-fixed; today it crashes (signal), trips a sanitizer, or prints "BUG".  Run
-them in child processes:
+Each reproducer is a small program that ends with "OK" when the bug is
+fixed; a bug crashes it (signal), trips a sanitizer, or makes it print "BUG".
+They run in child processes:
 
     python fuzz/known_bugs.py                # all, with their outcome
     python fuzz/known_bugs.py batch_after_close
 
-tests/test_fuzz_smoke.py runs them as (non-strict) expected failures, so a
-fix shows up as XPASS.  The fuzz harnesses step around them unless
-MDSTREAM_FUZZ_KNOWN_BUGS=1.
+``FIXED`` lists the ones fixed since (tests/test_fuzz_smoke.py keeps them as
+regression tests that must pass); ``BUGS`` the ones still open (run there as
+expected failures: once one passes, move it to ``FIXED``).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 FUZZ = os.path.dirname(os.path.abspath(__file__))
 
-BUGS: dict[str, tuple[str, str]] = {
+ALL: dict[str, tuple[str, str]] = {
     "producer_claim_unchecked_positions": (
         "ring.c mds_ring_claim_producer (write_pos/read_pos re-read from the mapping without the checks attach "
         "did) -> write_records pad->offset (ring.c:406): a peer that makes write_pos misaligned near the end "
@@ -35,7 +36,7 @@ BUGS: dict[str, tuple[str, str]] = {
         from _common import GuardPage
         from mdstream import Ring
         from mdstream.errors import MdstreamError
-        d = tempfile.mkdtemp(dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+        d = WORKDIR
         path = os.path.join(d, "ring")
         owner = Ring.create(path, 4096)
         guard = GuardPage(8192)                    # PROT_NONE page right after the producer's mapping
@@ -90,7 +91,7 @@ BUGS: dict[str, tuple[str, str]] = {
         import os, tempfile
         from mdstream import Ring
         from mdstream.errors import MdstreamError
-        d = tempfile.mkdtemp(dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+        d = WORKDIR
         path = os.path.join(d, "ring")
         owner = Ring.create(path, 65536)
         consumer = Ring.attach(path)
@@ -103,20 +104,76 @@ BUGS: dict[str, tuple[str, str]] = {
             print("OK", type(exc).__name__)
         ''',
     ),
+    "ring_file_truncated_after_read": (
+        "mds_ring_poll now fstat()s the file (platform_posix.c mds_platform_check_mapping), but a file shrunk "
+        "after the check -- here after read() handed out a batch, before its accessors or a sink walk the span "
+        "(span.c mds_span_scan via Batch.offsets) -- still kills the consumer with SIGBUS. A check cannot close "
+        "the window: reads of the mapping need a SIGBUS guard, or the mapping must be one that cannot shrink "
+        "(a memfd sealed with F_SEAL_SHRINK).",
+        r'''
+        import os, tempfile
+        from mdstream import Ring
+        from mdstream.errors import MdstreamError
+        d = WORKDIR
+        path = os.path.join(d, "ring")
+        owner = Ring.create(path, 65536)
+        consumer = Ring.attach(path)
+        owner.write(0, b"x" * 1000)
+        batch = consumer.read(timeout=1)
+        os.truncate(path, 4096)
+        try:
+            batch.offsets
+            print("OK (survived)")
+        except MdstreamError as exc:
+            print("OK", type(exc).__name__)
+        ''',
+    ),
+    "ring_file_truncated_under_producer": (
+        "ring.c write_records / platform_posix.c: the producer (the dump callback, inside the dumped process) "
+        "maps the same file; when the other side shrinks it, the producer's next store into the data area "
+        "raises SIGBUS and kills the process being dumped. Same remedy: a mapping that cannot shrink (sealed "
+        "memfd) or a SIGBUS guard around the producer's stores.",
+        r'''
+        import os, tempfile
+        from mdstream import Ring
+        from mdstream.errors import MdstreamError
+        d = WORKDIR
+        path = os.path.join(d, "ring")
+        consumer = Ring.create(path, 65536)
+        producer = Ring.attach(path)
+        producer.write(0, b"x" * 100)
+        os.truncate(path, 4096)
+        try:
+            producer.write(100, b"y" * 100)
+            print("OK (survived)")
+        except MdstreamError as exc:
+            print("OK", type(exc).__name__)
+        ''',
+    ),
 }
+
+
+FIXED = ["producer_claim_unchecked_positions", "batch_after_close", "memory_sink_null_memcpy",
+         "ring_file_truncated_under_consumer"]
+BUGS = {name: ALL[name] for name in ALL if name not in FIXED}
 
 
 def run(name: str, timeout: float = 60) -> tuple[bool, str]:
     """Run one reproducer in a child process; (fixed?, what happened)."""
-    _doc, code = BUGS[name]
-    prog = f"FUZZ = {FUZZ!r}\n" + textwrap.dedent(code)
+    _doc, code = ALL[name]
+    workdir = tempfile.mkdtemp(prefix="mds-known-bug-",
+                               dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+    prog = f"FUZZ = {FUZZ!r}\nWORKDIR = {workdir!r}\n" + textwrap.dedent(code)
     env = dict(os.environ)
     for key in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
         # Under scripts/sanitize.sh reports go to log files that fail the run:
         # these expected reports go to the child's stderr instead.
         if key in env:
             env[key] = ":".join(o for o in env[key].split(":") if not o.startswith("log_path="))
-    proc = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=timeout, env=env)
+    try:
+        proc = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=timeout, env=env)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     out = (proc.stdout + proc.stderr).strip()
     if proc.returncode < 0:
         return False, f"killed by signal {-proc.returncode}"
@@ -126,14 +183,14 @@ def run(name: str, timeout: float = 60) -> tuple[bool, str]:
 
 
 def main(argv: list[str]) -> int:
-    names = argv or list(BUGS)
+    names = argv or list(ALL)
     still = 0
     for name in names:
         fixed, what = run(name)
         still += not fixed
         print(f"{'fixed' if fixed else 'BUG  '} {name}: {what}")
         if not fixed:
-            print(f"      {BUGS[name][0]}")
+            print(f"      {ALL[name][0]}")
     return 1 if still else 0
 
 

@@ -61,6 +61,12 @@ fi
 
 PYBIN=$("$PY" -c 'import sys; print(sys.executable)')   # the real binary: LD_PRELOAD must not meet pyenv's shims
 echo "fuzz.sh: $target against $("$PYBIN" -c 'import mdstream._ring as r; print(r.__file__)')" >&2
-exec "$PYBIN" "$harness" "$work" "$ROOT/fuzz/corpus/$target" \
+# libFuzzer exits without Python's atexit: the harnesses' ring files go here.
+scratch_base=/dev/shm
+[ -w "$scratch_base" ] || scratch_base=${TMPDIR:-/tmp}
+MDS_FUZZ_SCRATCH=$(mktemp -d "$scratch_base/mds-fuzz-$target-XXXXXX")
+export MDS_FUZZ_SCRATCH
+trap 'rm -rf "$MDS_FUZZ_SCRATCH"' EXIT
+"$PYBIN" "$harness" "$work" "$ROOT/fuzz/corpus/$target" \
     -max_len=$max_len -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
     -artifact_prefix="$artifacts/" "$@"
