@@ -16,6 +16,7 @@ from mdstream._sinks import FileSink, MemorySink, NullSink, TraceSink
 from mdstream.errors import (
     ConsumerGoneError,
     DumpFailedError,
+    DumpSpilledError,
     MdstreamError,
     PeerGoneError,
     ProducerGoneError,
@@ -29,6 +30,7 @@ from mdstream.errors import (
     RingNotFoundError,
     RingPermissionError,
     RingTimeoutError,
+    SpillFormatError,
 )
 from mdstream.pipeline import Progress, Sink, StreamResult, Tee, drain
 from mdstream.simulator import replay
@@ -40,6 +42,7 @@ __all__ = [
     "ConsumerGoneError",
     "DumpCallback",
     "DumpFailedError",
+    "DumpSpilledError",
     "FileSink",
     "MdstreamError",
     "MemorySink",
@@ -60,6 +63,7 @@ __all__ = [
     "RingTimeoutError",
     "Simulation",
     "Sink",
+    "SpillFormatError",
     "StreamResult",
     "Tee",
     "TraceSink",

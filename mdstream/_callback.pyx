@@ -5,7 +5,9 @@ Simulation (DbgHelp's callback protocol driven from a native thread)."""
 from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
 from libc.stdlib cimport malloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
+
+import os
 
 import numpy as np
 cimport numpy as cnp
@@ -68,7 +70,7 @@ cdef class DumpCallback:
     def __cinit__(self, Ring ring not None, *, deadline=30.0, include_modules=True, include_threads=True,
                   module_write_flags_mask=0xFFFFFFFF, thread_write_flags_mask=0xFFFFFFFF,
                   read_memory_failure_status=0, is_process_snapshot_status=1, coalesce=True,
-                  publish_bytes=64 * 1024, extra_memory=(), hook=None):
+                  publish_bytes=64 * 1024, extra_memory=(), hook=None, spill_path=None, spill_after=None):
         cdef mds_callback_options options
         ring.check_mapped()
         mds_callback_options_init(&options)
@@ -100,6 +102,14 @@ cdef class DumpCallback:
         options.extra_memory_count = <uint32_t>len(ranges)
         if hook is not None and not callable(hook):
             raise TypeError("hook must be callable")
+        _set_spill_path(&options, spill_path)
+        if spill_after is not None:
+            if spill_path is None:
+                raise ValueError("spill_after needs a spill_path")
+            seconds = float(spill_after)
+            if not seconds > 0:
+                raise ValueError(f"spill_after must be a positive number of seconds, not {spill_after!r}")
+            options.spill_after_ns = <uint64_t>(seconds * 1e9)
 
         self.ctx = <mds_callback_context *>malloc(sizeof(mds_callback_context))
         self.info = <MINIDUMP_CALLBACK_INFORMATION *>malloc(sizeof(MINIDUMP_CALLBACK_INFORMATION))
@@ -117,6 +127,8 @@ cdef class DumpCallback:
         self._callback_type_enum = None
 
     def __dealloc__(self):
+        if self.ctx != NULL:
+            mds_callback_context_release(self.ctx)
         free(self.ctx)
         free(self.info)
 
@@ -216,10 +228,77 @@ cdef class DumpCallback:
             self.hook_error = None
             raise error
 
-    def reset(self):
-        """Clear counters and failure state before reusing the callback for another dump."""
+    def reset(self, *, spill_path=None):
+        """Clear counters and failure state before reusing the callback for another dump.
+
+        A spill file is never overwritten: after a dump that spilled, pass a new
+        ``spill_path`` for the next one.
+        """
+        if spill_path is not None:
+            _set_spill_path(&self.ctx.options, spill_path)
         mds_callback_context_reset(self.ctx)
         self.hook_error = None
+
+    @property
+    def spill_path(self):
+        """The spill file this callback falls back to, or ``None``."""
+        if self.ctx.options.spill_path[0] == 0:
+            return None
+        return os.fsdecode(<bytes>self.ctx.options.spill_path)
+
+    @property
+    def spill(self):
+        """``None`` if this dump did not spill, else a dict describing the spill.
+
+        Keys: ``path``, ``manifest``, ``finished``, ``complete`` (the spill
+        file alone is the dump), ``failed``, ``trigger`` (``"consumer gone"``,
+        ``"stalled"``, ``"ring unusable"``), ``base_bytes``, ``replayed_records``,
+        ``replayed_bytes``, ``direct_writes``, ``direct_bytes``, ``extents``,
+        ``reason``.  Read it after the dump, not while it runs.
+        """
+        cdef mds_spill_info info
+        mds_callback_spill_info(self.ctx, &info)
+        if not info.spilled:
+            return None
+        path = self.spill_path
+        return {
+            "path": path,
+            "manifest": path + ".mdspill",
+            "finished": bool(info.flags & MDS_SPILL_FINISHED),
+            "complete": bool(info.flags & MDS_SPILL_FINISHED) and bool(info.flags & MDS_SPILL_BASE_COMPLETE),
+            "failed": bool(info.flags & MDS_SPILL_FAILED),
+            "trigger": _SPILL_TRIGGERS.get(info.trigger, str(info.trigger)),
+            "base_bytes": info.base_bytes,
+            "replayed_records": info.replayed_records,
+            "replayed_bytes": info.replayed_bytes,
+            "direct_writes": info.direct_writes,
+            "direct_bytes": info.direct_bytes,
+            "extents": info.extent_count,
+            "reason": info.reason.decode("utf-8", "replace"),
+        }
+
+
+_SPILL_TRIGGERS = {1: "consumer gone", 2: "stalled", 3: "ring unusable"}
+
+
+cdef int _set_spill_path(mds_callback_options *options, object spill_path) except -1:
+    if spill_path is None:
+        options.spill_path[0] = 0
+        return 0
+    path = os.path.abspath(os.fspath(spill_path))
+    raw = os.fsencode(path)
+    if len(raw) + len(b".mdspill") >= 1024:
+        raise ValueError(f"spill_path is too long ({len(raw)} bytes; the limit is {1023 - len(b'.mdspill')})")
+    if b"\0" in raw:
+        raise ValueError("spill_path contains a NUL byte")
+    for candidate in (path, path + ".mdspill"):
+        if os.path.lexists(candidate):
+            raise FileExistsError(f"{candidate} already exists; a spill never overwrites a file")
+    if not os.path.isdir(os.path.dirname(path)):
+        raise FileNotFoundError(f"the directory of spill_path {path} does not exist")
+    memcpy(options.spill_path, <const char *>raw, len(raw))
+    options.spill_path[len(raw)] = 0
+    return 0
 
 
 cdef class Simulation:

@@ -41,6 +41,7 @@ cdef extern from "mdstream/ring.h" nogil:
         uint32_t state
         int32_t abort_code
         uint32_t flags
+        char consumer_output[1024]
 
     enum mds_status:
         MDS_OK
@@ -112,6 +113,7 @@ cdef extern from "mdstream/ring.h" nogil:
     void mds_ring_advance(mds_ring *ring, uint64_t new_cursor)
     int mds_ring_wait_data(mds_ring *ring, uint64_t timeout_ns, mds_error *err)
     void mds_ring_release(mds_ring *ring, uint64_t new_read_pos)
+    int mds_ring_set_consumer_output(mds_ring *ring, const char *path, mds_error *err)
     const uint8_t *mds_ring_at(const mds_ring *ring, uint64_t pos)
     int mds_span_next(const uint8_t *span, uint64_t span_len, uint64_t *pos, mds_record *rec, mds_error *err)
     uint64_t mds_now_ns()
@@ -176,6 +178,8 @@ cdef extern from "mdstream/callback.h" nogil:
         uint64_t publish_bytes
         uint32_t extra_memory_count
         mds_extra_memory_range extra_memory[64]
+        char spill_path[1024]
+        uint64_t spill_after_ns
 
     ctypedef struct mds_callback_context:
         mds_ring *ring
@@ -196,6 +200,25 @@ cdef extern from "mdstream/callback.h" nogil:
     void mds_callback_options_init(mds_callback_options *options)
     void mds_callback_context_init(mds_callback_context *ctx, mds_ring *ring, const mds_callback_options *options)
     void mds_callback_context_reset(mds_callback_context *ctx)
+    void mds_callback_context_release(mds_callback_context *ctx)
+
+    unsigned int MDS_SPILL_FINISHED
+    unsigned int MDS_SPILL_BASE_COMPLETE
+    unsigned int MDS_SPILL_FAILED
+    ctypedef struct mds_spill_info:
+        int spilled
+        uint32_t flags
+        uint32_t trigger
+        uint64_t base_bytes
+        uint64_t resume_pos
+        uint64_t ring_end_pos
+        uint64_t replayed_records
+        uint64_t replayed_bytes
+        uint64_t direct_writes
+        uint64_t direct_bytes
+        uint64_t extent_count
+        char reason[256]
+    void mds_callback_spill_info(const mds_callback_context *ctx, mds_spill_info *out)
     BOOL mds_dump_callback(PVOID callback_param, PMINIDUMP_CALLBACK_INPUT input,
                            PMINIDUMP_CALLBACK_OUTPUT output) noexcept nogil
 

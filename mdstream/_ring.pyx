@@ -5,7 +5,7 @@
 from cpython.buffer cimport PyBUF_WRITABLE, PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport uint8_t, uint32_t, int32_t, int64_t, uint64_t
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 import os
 
@@ -46,7 +46,7 @@ cdef int raise_for(int status, const mds_error *err) except -1:
     if status == MDS_ERR_TIMEOUT:
         raise _errors.RingTimeoutError(message)
     if status == MDS_ERR_ABORTED:
-        raise _errors.RingAbortedError(<uint32_t>err.abort_code if err != NULL else 0, message)
+        raise _errors.aborted_error(<uint32_t>err.abort_code if err != NULL else 0, message)
     if status == MDS_ERR_FINISHED:
         raise _errors.RingFinishedError(message)
     if status == MDS_ERR_BUSY:
@@ -154,7 +154,7 @@ cdef class Ring:
         if state >= MDS_STATE_ABORTING:
             mds_ring_abort_info(&ring.c, &code, reason, sizeof(reason))
             ring.close()
-            raise _errors.RingAbortedError(<uint32_t>code, reason.decode("utf-8", "replace"))
+            raise _errors.aborted_error(<uint32_t>code, reason.decode("utf-8", "replace"))
         if state == MDS_STATE_FINISHED and ring.c.header.read_pos == ring.c.header.write_pos:
             path = ring.path
             ring.close()
@@ -223,6 +223,31 @@ cdef class Ring:
     def consumer_pid(self):
         self.check_mapped()
         return self.c.header.consumer_pid
+
+    @property
+    def consumer_output(self):
+        """The file the consumer's sink writes released records into, or ``None``.
+
+        Set by :func:`mdstream.drain` for a :class:`FileSink`; a producer that
+        has to spill copies this file first so its spill file is the whole dump.
+        """
+        cdef char path[1024]
+        self.check_mapped()
+        memcpy(path, self.c.header.consumer_output, sizeof(path))
+        path[sizeof(path) - 1] = 0
+        if path[0] == 0:
+            return None
+        return os.fsdecode(<bytes>path)
+
+    @consumer_output.setter
+    def consumer_output(self, value):
+        cdef mds_error err
+        self.check_mapped()
+        raw = b"" if value is None else os.fsencode(os.path.abspath(os.fspath(value)))
+        if b"\0" in raw:
+            raise ValueError("consumer_output contains a NUL byte")
+        if mds_ring_set_consumer_output(&self.c, raw, &err) != MDS_OK:
+            raise_for(err.status, &err)
 
     @property
     def abort_info(self):

@@ -23,7 +23,17 @@ __all__ = [
     "ProducerGoneError",
     "ConsumerGoneError",
     "DumpFailedError",
+    "DumpSpilledError",
+    "SpillFormatError",
+    "SPILL_ABORT_CODE",
+    "aborted_error",
 ]
+
+#: Abort code a producer leaves in the ring when it spilled the rest of the dump
+#: to its fallback file (customer bit set, severity success: the dump is not lost).
+SPILL_ABORT_CODE = 0x20D50001
+#: The abort reason of a spilled ring starts with this, followed by the spill file's path.
+SPILL_REASON_PREFIX = "dump spilled to "
 
 
 class MdstreamError(Exception):
@@ -68,6 +78,34 @@ class RingAbortedError(RingError):
 
     def __reduce__(self):  # keep both fields across pickling (multiprocessing)
         return (type(self), (self.code, self.reason))
+
+
+class DumpSpilledError(RingAbortedError):
+    """The producer stopped streaming and wrote the rest of the dump to its spill file.
+
+    Raised on the consumer side when a stalled or vanished consumer made the
+    callback fall back to its spill file (see ``docs/reliability.md``). Nothing
+    is lost: ``spill_path`` names the file (``None`` if the reason was
+    truncated), which ``mdstream spill inspect`` / ``mdstream spill finish`` read.
+    """
+
+    @property
+    def spill_path(self) -> str | None:
+        if not self.reason.startswith(SPILL_REASON_PREFIX):
+            return None
+        path = self.reason[len(SPILL_REASON_PREFIX):]
+        return path or None
+
+
+def aborted_error(code: int, reason: str) -> RingAbortedError:
+    """The exception for a ring aborted with ``code`` and ``reason``."""
+    if code & 0xFFFFFFFF == SPILL_ABORT_CODE:
+        return DumpSpilledError(code, reason)
+    return RingAbortedError(code, reason)
+
+
+class SpillFormatError(MdstreamError, ValueError):
+    """A spill manifest (``*.mdspill``) is not valid: magic, version, sizes or extents out of bounds."""
 
 
 class RingFinishedError(RingError):

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkabl
 
 from mdstream import errors
 from mdstream._ring import Batch, Ring
+from mdstream._sinks import FileSink
 
 __all__ = [
     "Sink",
@@ -156,6 +157,25 @@ class _DrainState:
     highest_end: int = 0
 
 
+def _register_consumer_output(ring: Ring, sinks: Sequence[Sink]) -> None:
+    """Tell a producer that may spill which file holds what this consumer released.
+
+    Only a :class:`FileSink` qualifies (its records are on disk before they are
+    released), and only when the ring has no registration yet.
+    """
+    queue = list(sinks)
+    while queue:
+        sink = queue.pop(0)
+        if isinstance(sink, FileSink):
+            try:
+                if ring.consumer_output is None:
+                    ring.consumer_output = sink.temp_path
+            except ValueError:  # a path too long for the header: the spill then holds only its own part
+                pass
+            return
+        queue.extend(getattr(sink, "sinks", ()))
+
+
 def drain(
     ring: Ring,
     sinks: Sequence[Sink] | Sink,
@@ -177,6 +197,7 @@ def drain(
     at once instead of waiting for space) and the exception propagates.
     """
     sink_list: list[Sink] = list(sinks) if isinstance(sinks, (list, tuple)) else [sinks]  # type: ignore[list-item]
+    _register_consumer_output(ring, sink_list)
     state = _DrainState()
     started = time.perf_counter()
     last_report = started

@@ -24,7 +24,12 @@ void mds_callback_options_init(mds_callback_options *options) {
     options->publish_bytes = 64 * 1024;
 }
 
+void mds_callback_context_release(mds_callback_context *ctx) { mds_spill_close(ctx); }
+
 void mds_callback_context_reset(mds_callback_context *ctx) {
+    mds_spill_close(ctx);
+    memset(&ctx->spill, 0, sizeof ctx->spill);
+    ctx->spill.file = ctx->spill.manifest = -1;
     memset(ctx->calls, 0, sizeof ctx->calls);
     ctx->writes = ctx->bytes = ctx->highest_end = 0;
     ctx->extra_memory_next = 0;
@@ -41,6 +46,8 @@ void mds_callback_context_init(mds_callback_context *ctx, mds_ring *ring, const 
     if (options) ctx->options = *options;
     else mds_callback_options_init(&ctx->options);
     if (ctx->options.extra_memory_count > MDS_MAX_EXTRA_MEMORY) ctx->options.extra_memory_count = MDS_MAX_EXTRA_MEMORY;
+    ctx->options.spill_path[sizeof ctx->options.spill_path - 1] = '\0';
+    ctx->spill.file = ctx->spill.manifest = -1;
     mds_callback_context_reset(ctx);
 }
 
@@ -55,12 +62,37 @@ static HRESULT hresult_for(int ring_status) {
     }
 }
 
+static int spill_configured(const mds_callback_context *ctx) { return ctx->options.spill_path[0] != '\0'; }
+
+/* Failures after which the ring cannot take the dump but a file can. */
+static int spillable(int ring_status) {
+    return ring_status == MDS_ERR_TIMEOUT || ring_status == MDS_ERR_PEER_GONE || ring_status == MDS_ERR_ABORTED ||
+           ring_status == MDS_ERR_CORRUPT || ring_status == MDS_ERR_SYS;
+}
+
+static uint32_t spill_trigger(int ring_status) {
+    if (ring_status == MDS_ERR_PEER_GONE) return MDS_SPILL_TRIGGER_CONSUMER_GONE;
+    if (ring_status == MDS_ERR_TIMEOUT) return MDS_SPILL_TRIGGER_STALLED;
+    return MDS_SPILL_TRIGGER_RING_UNUSABLE;
+}
+
+/* With a spill file, a stall only lasts spill_after_ns: waiting longer would
+ * hold the dumped process for nothing. */
+static uint64_t write_timeout(const mds_callback_context *ctx) {
+    uint64_t timeout = ctx->options.deadline_ns;
+    if (spill_configured(ctx) && ctx->options.spill_after_ns && (timeout == 0 || ctx->options.spill_after_ns < timeout))
+        timeout = ctx->options.spill_after_ns;
+    return timeout;
+}
+
 static BOOL fail(mds_callback_context *ctx, PMINIDUMP_CALLBACK_OUTPUT output, HRESULT status, int ring_status,
                  const char *reason) {
     if (!ctx->failed) {
+        size_t n = strnlen(reason, sizeof ctx->failure_reason - 1);
         ctx->failure_status = status;
         ctx->failure_ring_status = ring_status;
-        snprintf(ctx->failure_reason, sizeof ctx->failure_reason, "%s", reason);
+        memcpy(ctx->failure_reason, reason, n);
+        ctx->failure_reason[n] = '\0';
         mds_store_release_u32((uint32_t *)&ctx->failed, 1u);
     }
     output->Status = status;
@@ -77,6 +109,7 @@ static BOOL on_io(mds_callback_context *ctx, ULONG type, PMINIDUMP_CALLBACK_INPU
         rc = mds_ring_claim_producer(ctx->ring, &err);
         if (rc != MDS_OK) return fail(ctx, output, hresult_for(rc), rc, err.message);
         mds_ring_set_producer_options(ctx->ring, ctx->options.coalesce, ctx->options.publish_bytes);
+        ctx->spill.ring_start_pos = ctx->ring->prod.wpos;
         ctx->io_started = 1;
         output->Status = S_FALSE; /* take over every write, whatever was preset */
         return TRUE;
@@ -85,8 +118,25 @@ static BOOL on_io(mds_callback_context *ctx, ULONG type, PMINIDUMP_CALLBACK_INPU
         uint32_t length = input->Io.BufferBytes;
         if (length && input->Io.Buffer == NULL)
             return fail(ctx, output, E_INVALIDARG, MDS_ERR_ARG, "IoWriteAllCallback with a NULL buffer");
-        rc = mds_ring_write_timeout(ctx->ring, offset, input->Io.Buffer, length, ctx->options.deadline_ns, &err);
-        if (rc != MDS_OK) return fail(ctx, output, hresult_for(rc), rc, err.message);
+        if (ctx->spill.active) {
+            rc = mds_spill_write(ctx, offset, input->Io.Buffer, length, &err);
+            if (rc != MDS_OK) return fail(ctx, output, MDS_HRESULT_SPILL_FAILED, rc, err.message);
+        } else {
+            rc = mds_ring_write_timeout(ctx->ring, offset, input->Io.Buffer, length, write_timeout(ctx), &err);
+            if (rc != MDS_OK && spill_configured(ctx) && spillable(rc)) {
+                mds_error spill_err;
+                int spill_rc = mds_spill_begin(ctx, spill_trigger(rc), err.message, &spill_err);
+                if (spill_rc == MDS_OK) spill_rc = mds_spill_write(ctx, offset, input->Io.Buffer, length, &spill_err);
+                if (spill_rc != MDS_OK) {
+                    char reason[1600]; /* both messages and the path; fail() keeps what fits */
+                    snprintf(reason, sizeof reason, "%s; the spill to %s failed: %s", err.message,
+                             ctx->options.spill_path, spill_err.message);
+                    return fail(ctx, output, MDS_HRESULT_SPILL_FAILED, spill_rc, reason);
+                }
+                rc = MDS_OK;
+            }
+            if (rc != MDS_OK) return fail(ctx, output, hresult_for(rc), rc, err.message);
+        }
         mds_store_relaxed_u64(&ctx->writes, ctx->writes + 1);
         mds_store_relaxed_u64(&ctx->bytes, ctx->bytes + length);
         if (offset + length > ctx->highest_end) mds_store_relaxed_u64(&ctx->highest_end, offset + length);
@@ -94,6 +144,13 @@ static BOOL on_io(mds_callback_context *ctx, ULONG type, PMINIDUMP_CALLBACK_INPU
         return TRUE;
     }
     default: /* IoFinishCallback */
+        if (ctx->spill.active) {
+            rc = mds_spill_finish(ctx, &err);
+            if (rc != MDS_OK) return fail(ctx, output, MDS_HRESULT_SPILL_FAILED, rc, err.message);
+            ctx->finished = 1;
+            output->Status = S_OK;
+            return TRUE;
+        }
         rc = mds_ring_finish(ctx->ring, &err);
         if (rc != MDS_OK) return fail(ctx, output, hresult_for(rc), rc, err.message);
         ctx->finished = 1;

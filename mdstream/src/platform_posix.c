@@ -286,4 +286,131 @@ int mds_platform_unlink(const char *name, mds_error *err) {
     return MDS_OK;
 }
 
+/* ---- private files ------------------------------------------------------------ */
+
+int mds_platform_file_create(const char *path, intptr_t *file, mds_error *err) {
+    int fd;
+    *file = -1;
+    fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        int e = errno;
+        if (e == EEXIST) return mds_set_error(err, MDS_ERR_EXISTS, e, "%s already exists (not overwritten)", path);
+        return mds_set_error(err, MDS_ERR_SYS, e, "cannot create %s: %s", path, strerror(e));
+    }
+    /* The umask may have cleared bits but never adds any; make 0600 exact. */
+    (void)fchmod(fd, 0600);
+    *file = fd;
+    return MDS_OK;
+}
+
+int mds_platform_file_pwrite(intptr_t file, const void *data, uint64_t length, uint64_t offset, mds_error *err) {
+    const uint8_t *p = (const uint8_t *)data;
+    while (length > 0) {
+        size_t chunk = length > (1u << 30) ? (size_t)1 << 30 : (size_t)length;
+        ssize_t n;
+        if (offset > (uint64_t)INT64_MAX - chunk)
+            return mds_set_error(err, MDS_ERR_ARG, 0, "file offset %llu out of range", (unsigned long long)offset);
+        n = pwrite((int)file, p, chunk, (off_t)offset);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return mds_set_error(err, MDS_ERR_SYS, errno, "write failed at offset %llu: %s", (unsigned long long)offset,
+                                 strerror(errno));
+        }
+        if (n == 0) return mds_set_error(err, MDS_ERR_SYS, EIO, "write made no progress at offset %llu", (unsigned long long)offset);
+        p += n;
+        offset += (uint64_t)n;
+        length -= (uint64_t)n;
+    }
+    return MDS_OK;
+}
+
+int mds_platform_file_extend(intptr_t file, uint64_t size, mds_error *err) {
+    struct stat st;
+    if (fstat((int)file, &st) != 0) return mds_set_error(err, MDS_ERR_SYS, errno, "fstat failed: %s", strerror(errno));
+    if ((uint64_t)st.st_size >= size) return MDS_OK;
+    if (size > (uint64_t)INT64_MAX) return mds_set_error(err, MDS_ERR_ARG, 0, "size %llu out of range", (unsigned long long)size);
+    if (ftruncate((int)file, (off_t)size) != 0)
+        return mds_set_error(err, MDS_ERR_SYS, errno, "cannot extend to %llu bytes: %s", (unsigned long long)size, strerror(errno));
+    return MDS_OK;
+}
+
+int mds_platform_file_sync(intptr_t file, mds_error *err) {
+    if (fsync((int)file) != 0 && errno != EINVAL && errno != EROFS)
+        return mds_set_error(err, MDS_ERR_SYS, errno, "fsync failed: %s", strerror(errno));
+    return MDS_OK;
+}
+
+void mds_platform_file_close(intptr_t file) {
+    if (file >= 0) close((int)file);
+}
+
+int mds_platform_file_copy_private(const char *src_path, intptr_t dst, uint64_t *copied, mds_error *err) {
+    struct stat st;
+    int fd;
+    uint64_t done = 0;
+    uint8_t buf[16384];
+    *copied = 0;
+    fd = open(src_path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return mds_set_error(err, MDS_ERR_SYS, errno, "cannot open %s: %s", src_path, strerror(errno));
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return mds_set_error(err, MDS_ERR_SYS, e, "cannot stat %s: %s", src_path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
+        close(fd);
+        return mds_set_error(err, MDS_ERR_PERMISSION, 0, "%s is not a regular file of this user", src_path);
+    }
+#ifdef __linux__
+    /* In-kernel copy first; a filesystem that cannot do it falls back below. */
+    for (;;) {
+        off_t in_off = (off_t)done, out_off = (off_t)done; /* 64-bit: Linux targets are LP64 */
+        ssize_t n = copy_file_range(fd, &in_off, (int)dst, &out_off, 1u << 30, 0);
+        if (n > 0) {
+            done += (uint64_t)n;
+            continue;
+        }
+        if (n == 0) {
+            close(fd);
+            *copied = done;
+            return MDS_OK;
+        }
+        if (errno == EINTR) continue;
+        break; /* EXDEV, ENOSYS, EINVAL...: copy by hand from where we are */
+    }
+#endif
+    for (;;) {
+        ssize_t n = pread(fd, buf, sizeof buf, (off_t)done);
+        int rc;
+        if (n < 0) {
+            int e = errno;
+            if (e == EINTR) continue;
+            close(fd);
+            *copied = done;
+            return mds_set_error(err, MDS_ERR_SYS, e, "cannot read %s: %s", src_path, strerror(e));
+        }
+        if (n == 0) break;
+        rc = mds_platform_file_pwrite(dst, buf, (uint64_t)n, done, err);
+        if (rc != MDS_OK) {
+            close(fd);
+            *copied = done;
+            return rc;
+        }
+        done += (uint64_t)n;
+    }
+    close(fd);
+    *copied = done;
+    return MDS_OK;
+}
+
+int mds_platform_path_is_absolute(const char *path) { return path[0] == '/'; }
+
+int mds_platform_file_remove(const char *path) { return unlink(path) == 0 ? 0 : -1; }
+
+uint64_t mds_platform_realtime_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 #endif /* !_WIN32 */

@@ -712,4 +712,133 @@ int mds_platform_unlink(const char *name, mds_error *err) {
     return MDS_OK;
 }
 
+/* ---- private files ------------------------------------------------------------ */
+
+#define MAX_PATH_CHARS (MDS_RING_PATH_SIZE + 8) /* spill paths may be long: \\?\ prefixes */
+
+static int file_error(mds_error *err, DWORD code, const char *what, const char *path) {
+    char msg[160];
+    int status = (code == ERROR_FILE_EXISTS || code == ERROR_ALREADY_EXISTS) ? MDS_ERR_EXISTS : MDS_ERR_SYS;
+    return mds_set_error(err, status, (int)code, "%s %s: %s", what, path, win_message(code, msg, sizeof msg));
+}
+
+int mds_platform_file_create(const char *path, intptr_t *file, mds_error *err) {
+    WCHAR wide[MAX_PATH_CHARS];
+    private_security ps;
+    HANDLE h;
+    *file = -1;
+    if (to_wide(path, wide, MAX_PATH_CHARS, err) != MDS_OK) return err->status;
+    if (make_private_security(&ps, FILE_ALL_ACCESS, err) != MDS_OK) return err->status;
+    h = CreateFileW(wide, GENERIC_READ | GENERIC_WRITE, FILE_SHARE_READ, &ps.attributes, CREATE_NEW,
+                    FILE_ATTRIBUTE_NORMAL | FILE_FLAG_OPEN_REPARSE_POINT, NULL);
+    if (h == INVALID_HANDLE_VALUE) return file_error(err, GetLastError(), "cannot create", path);
+    *file = (intptr_t)h;
+    return MDS_OK;
+}
+
+int mds_platform_file_pwrite(intptr_t file, const void *data, uint64_t length, uint64_t offset, mds_error *err) {
+    const uint8_t *p = (const uint8_t *)data;
+    while (length > 0) {
+        DWORD chunk = length > (1u << 30) ? (DWORD)(1u << 30) : (DWORD)length, written = 0;
+        OVERLAPPED ov;
+        memset(&ov, 0, sizeof ov);
+        ov.Offset = (DWORD)(offset & 0xFFFFFFFFu);
+        ov.OffsetHigh = (DWORD)(offset >> 32);
+        if (!WriteFile((HANDLE)file, p, chunk, &written, &ov)) return file_error(err, GetLastError(), "write failed in", "the spill file");
+        if (written == 0) return mds_set_error(err, MDS_ERR_SYS, 0, "write made no progress at offset %llu", (unsigned long long)offset);
+        p += written;
+        offset += written;
+        length -= written;
+    }
+    return MDS_OK;
+}
+
+int mds_platform_file_extend(intptr_t file, uint64_t size, mds_error *err) {
+    LARGE_INTEGER current;
+    FILE_END_OF_FILE_INFO eof;
+    if (!GetFileSizeEx((HANDLE)file, &current)) return file_error(err, GetLastError(), "cannot size", "the spill file");
+    if ((uint64_t)current.QuadPart >= size) return MDS_OK;
+    eof.EndOfFile.QuadPart = (LONGLONG)size;
+    if (!SetFileInformationByHandle((HANDLE)file, FileEndOfFileInfo, &eof, sizeof eof))
+        return file_error(err, GetLastError(), "cannot extend", "the spill file");
+    return MDS_OK;
+}
+
+int mds_platform_file_sync(intptr_t file, mds_error *err) {
+    if (!FlushFileBuffers((HANDLE)file)) return file_error(err, GetLastError(), "cannot flush", "the spill file");
+    return MDS_OK;
+}
+
+void mds_platform_file_close(intptr_t file) {
+    if (file != -1 && file != 0) CloseHandle((HANDLE)file);
+}
+
+int mds_platform_file_copy_private(const char *src_path, intptr_t dst, uint64_t *copied, mds_error *err) {
+    WCHAR wide[MAX_PATH_CHARS];
+    BY_HANDLE_FILE_INFORMATION info;
+    HANDLE h;
+    uint64_t done = 0;
+    uint8_t buf[16384];
+    int rc;
+    *copied = 0;
+    if (to_wide(src_path, wide, MAX_PATH_CHARS, err) != MDS_OK) return err->status;
+    h = CreateFileW(wide, GENERIC_READ | READ_CONTROL, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL,
+                    OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL | FILE_FLAG_OPEN_REPARSE_POINT, NULL);
+    if (h == INVALID_HANDLE_VALUE) return file_error(err, GetLastError(), "cannot open", src_path);
+    if (!GetFileInformationByHandle(h, &info) || (info.dwFileAttributes & (FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_REPARSE_POINT))) {
+        CloseHandle(h);
+        return mds_set_error(err, MDS_ERR_PERMISSION, 0, "%s is not a regular file", src_path);
+    }
+    rc = check_private(h, SE_FILE_OBJECT, FILE_READ_DATA | FILE_WRITE_DATA, src_path, err);
+    if (rc != MDS_OK) {
+        CloseHandle(h);
+        return rc;
+    }
+    for (;;) {
+        DWORD got = 0;
+        OVERLAPPED ov;
+        memset(&ov, 0, sizeof ov);
+        ov.Offset = (DWORD)(done & 0xFFFFFFFFu);
+        ov.OffsetHigh = (DWORD)(done >> 32);
+        if (!ReadFile(h, buf, (DWORD)sizeof buf, &got, &ov)) {
+            DWORD e = GetLastError();
+            if (e == ERROR_HANDLE_EOF) break;
+            CloseHandle(h);
+            *copied = done;
+            return file_error(err, e, "cannot read", src_path);
+        }
+        if (got == 0) break;
+        rc = mds_platform_file_pwrite(dst, buf, got, done, err);
+        if (rc != MDS_OK) {
+            CloseHandle(h);
+            *copied = done;
+            return rc;
+        }
+        done += got;
+    }
+    CloseHandle(h);
+    *copied = done;
+    return MDS_OK;
+}
+
+int mds_platform_path_is_absolute(const char *path) {
+    return (((path[0] | 0x20) >= 'a' && (path[0] | 0x20) <= 'z') && path[1] == ':' && (path[2] == '\\' || path[2] == '/')) ||
+           (path[0] == '\\' && path[1] == '\\');
+}
+
+int mds_platform_file_remove(const char *path) {
+    WCHAR wide[MAX_PATH_CHARS];
+    mds_error ignored;
+    if (to_wide(path, wide, MAX_PATH_CHARS, &ignored) != MDS_OK) return -1;
+    return DeleteFileW(wide) ? 0 : -1;
+}
+
+uint64_t mds_platform_realtime_ns(void) {
+    FILETIME ft;
+    uint64_t t;
+    GetSystemTimeAsFileTime(&ft);
+    t = ((uint64_t)ft.dwHighDateTime << 32) | ft.dwLowDateTime; /* 100 ns since 1601 */
+    return (t - 116444736000000000ull) * 100ull;
+}
+
 #endif /* _WIN32 */

@@ -34,6 +34,7 @@ _Static_assert(offsetof(mds_ring_header, write_pos) == 128, "producer line at 12
 _Static_assert(offsetof(mds_ring_header, read_pos) == 256, "consumer line at 256");
 _Static_assert(offsetof(mds_ring_header, state) == 384, "state line at 384");
 _Static_assert(offsetof(mds_ring_header, abort_reason) == 400, "reason at 400");
+_Static_assert(offsetof(mds_ring_header, consumer_output) == 1024, "consumer output at 1024");
 _Static_assert(sizeof(mds_ring_header) <= MDS_RING_HEADER_SIZE, "header fits its page");
 _Static_assert(offsetof(mds_ring_header, data_event) == 140, "data_event at 140");
 _Static_assert(offsetof(mds_ring_header, space_event) == 268, "space_event at 268");
@@ -576,6 +577,23 @@ void mds_ring_release(mds_ring *ring, uint64_t new_read_pos) {
         mds_fetch_add_u32(&h->space_event, 1);
         mds_platform_wake_u32(&h->space_event);
     }
+}
+
+int mds_ring_set_consumer_output(mds_ring *ring, const char *path, mds_error *err) {
+    size_t n = path ? strlen(path) : 0;
+    if (n >= MDS_RING_PATH_SIZE)
+        return mds_set_error(err, MDS_ERR_ARG, 0, "consumer output path is %llu bytes (limit %u)",
+                             (unsigned long long)n, MDS_RING_PATH_SIZE - 1);
+    /* NUL first so a reader never sees a half-written path as complete; the
+     * release of read_pos that follows publishes the whole string. */
+    ring->header->consumer_output[0] = '\0';
+    if (n) {
+        memcpy(ring->header->consumer_output + 1, path + 1, n - 1);
+        ring->header->consumer_output[n] = '\0';
+        mds_fence_seqcst();
+        ring->header->consumer_output[0] = path[0];
+    }
+    return MDS_OK;
 }
 
 int mds_span_next(const uint8_t *span, uint64_t span_len, uint64_t *pos, mds_record *rec, mds_error *err) {

@@ -21,6 +21,25 @@ extern "C" {
 #define MDS_HRESULT_ABORTED ((HRESULT)0x80004004L)     /* E_ABORT: ring aborted */
 #define MDS_HRESULT_UNEXPECTED ((HRESULT)0x8000FFFFL)  /* E_UNEXPECTED: protocol misuse */
 #define MDS_HRESULT_FAIL ((HRESULT)0x80004005L)        /* E_FAIL */
+#define MDS_HRESULT_SPILL_FAILED ((HRESULT)0x8007001DL) /* HRESULT_FROM_WIN32(ERROR_WRITE_FAULT): the spill file failed */
+
+/* The ring's abort code after a spill (customer bit, severity success: the
+ * dump is not lost); the reason is MDS_SPILL_REASON_PREFIX + the spill path. */
+#define MDS_ABORT_SPILLED ((int32_t)0x20D50001)
+#define MDS_SPILL_REASON_PREFIX "dump spilled to "
+
+/* Spill manifest (docs/spill-format.md). */
+#define MDS_SPILL_MAGIC "MDSPILL1"
+#define MDS_SPILL_VERSION 1u
+#define MDS_SPILL_HEADER_SIZE 4096u
+#define MDS_SPILL_MANIFEST_SUFFIX ".mdspill"
+#define MDS_SPILL_FINISHED 0x1u       /* IoFinish reached: every write is in the spill file */
+#define MDS_SPILL_BASE_COMPLETE 0x2u  /* the spill file alone is the dump */
+#define MDS_SPILL_FAILED 0x4u         /* a spill write failed: see the reason */
+#define MDS_SPILL_TRIGGER_CONSUMER_GONE 1u
+#define MDS_SPILL_TRIGGER_STALLED 2u
+#define MDS_SPILL_TRIGGER_RING_UNUSABLE 3u
+#define MDS_SPILL_EXTENT_BUFFER 256u
 
 /* Optional hook for non-I/O callbacks (the Python trampoline uses it).
  * Returns -1 to keep the default answer, 0/1 for FALSE/TRUE. */
@@ -44,7 +63,37 @@ typedef struct mds_callback_options {
     uint64_t publish_bytes;        /* lazy publication threshold (default 64 KiB) */
     uint32_t extra_memory_count;
     mds_extra_memory_range extra_memory[MDS_MAX_EXTRA_MEMORY];
+    /* Spill (docs/reliability.md): when a write cannot enter the ring (the
+     * consumer is gone, the ring unusable, or no space for spill_after_ns),
+     * write the rest of the dump to this file instead.  "" = never spill. */
+    char spill_path[MDS_RING_PATH_SIZE];
+    uint64_t spill_after_ns;       /* stall tolerated before spilling (0 = deadline_ns) */
 } mds_callback_options;
+
+typedef struct mds_spill_extent {
+    uint64_t offset;
+    uint64_t length;
+} mds_spill_extent;
+
+/* The callback's spill, all in the context: spilling allocates nothing. */
+typedef struct mds_spill_state {
+    int active;                    /* writes go to the spill file */
+    int closed;                    /* finished or given up: files closed */
+    intptr_t file;                 /* the spill file (-1 = none) */
+    intptr_t manifest;             /* its .mdspill manifest */
+    uint32_t flags;                /* MDS_SPILL_* */
+    uint32_t trigger;
+    uint64_t ring_start_pos;       /* producer position when this dump started */
+    uint64_t base_bytes, resume_pos, ring_end_pos;
+    uint64_t replayed_records, replayed_bytes, direct_writes, direct_bytes;
+    uint64_t extent_count;         /* extents in the manifest file */
+    uint64_t started_unix_ns;
+    mds_spill_extent pending;      /* the extent being extended */
+    uint32_t buffered;
+    mds_spill_extent buffer[MDS_SPILL_EXTENT_BUFFER];
+    char base_path[MDS_RING_PATH_SIZE];
+    char reason[256];
+} mds_spill_state;
 
 typedef struct mds_callback_context {
     mds_ring *ring;
@@ -64,13 +113,32 @@ typedef struct mds_callback_context {
     HRESULT failure_status;
     int failure_ring_status;
     char failure_reason[256];
+    mds_spill_state spill;
 } mds_callback_context;
 
 /* Defaults documented in docs/callback.md. */
 void mds_callback_options_init(mds_callback_options *options);
 void mds_callback_context_init(mds_callback_context *ctx, mds_ring *ring, const mds_callback_options *options);
-/* Reset counters and failure between dumps. */
+/* Reset counters and failure between dumps (closes an unfinished spill). */
 void mds_callback_context_reset(mds_callback_context *ctx);
+/* Close files a dump left open (an abandoned spill); call before freeing. */
+void mds_callback_context_release(mds_callback_context *ctx);
+
+/* Spill status, readable after the dump (not while it runs). */
+typedef struct mds_spill_info {
+    int spilled;                   /* the dump went (partly) to the spill file */
+    uint32_t flags, trigger;
+    uint64_t base_bytes, resume_pos, ring_end_pos, replayed_records, replayed_bytes, direct_writes, direct_bytes,
+        extent_count;
+    char reason[256];
+} mds_spill_info;
+void mds_callback_spill_info(const mds_callback_context *ctx, mds_spill_info *out);
+
+/* Spill internals, shared by callback.c and spill.c. */
+int mds_spill_begin(mds_callback_context *ctx, uint32_t trigger, const char *why, mds_error *err);
+int mds_spill_write(mds_callback_context *ctx, uint64_t offset, const void *data, uint64_t length, mds_error *err);
+int mds_spill_finish(mds_callback_context *ctx, mds_error *err);
+void mds_spill_close(mds_callback_context *ctx);
 
 /* Snapshot of the counters, safe to call while the routine runs elsewhere. */
 typedef struct mds_callback_counters {

@@ -23,6 +23,7 @@ extern "C" {
 #define MDS_RING_MIN_CAPACITY 4096ull
 #define MDS_RING_MAX_CAPACITY (1ull << 34) /* 16 GiB: sanity bound for attach */
 #define MDS_RING_REASON_SIZE 256u
+#define MDS_RING_PATH_SIZE 1024u        /* consumer_output, NUL-terminated */
 
 /* Record kinds.  Values with a recognisable pattern so that garbage is
  * unlikely to pass as a record. */
@@ -91,6 +92,12 @@ typedef struct mds_ring_header {
     uint32_t flags;             /* 392 MDS_FLAG_* */
     uint32_t reserved3;         /* 396 */
     char abort_reason[MDS_RING_REASON_SIZE]; /* 400 UTF-8, NUL-terminated */
+    uint8_t pad3[368];          /* 656 */
+
+    /* line 8 (1024): written once by the consumer before it releases anything */
+    char consumer_output[MDS_RING_PATH_SIZE]; /* 1024 absolute path of the file its sink
+                                 * writes released bytes into ("" = none): a spilling
+                                 * producer copies it (docs/spill-format.md) */
 } mds_ring_header;
 
 /* ---- Status codes -------------------------------------------------------- */
@@ -224,6 +231,10 @@ void mds_ring_advance(mds_ring *ring, uint64_t new_cursor);
 int mds_ring_wait_data(mds_ring *ring, uint64_t timeout_ns, mds_error *err);
 /* Publish the released position (everything before it may be reused). */
 void mds_ring_release(mds_ring *ring, uint64_t new_read_pos);
+/* Name the file the consumer's sink applies released records to (absolute
+ * path, or NULL/"" for none), so a producer that has to spill can start from
+ * it.  Call before the first release. */
+int mds_ring_set_consumer_output(mds_ring *ring, const char *path, mds_error *err);
 
 /* Pointer to position pos in the data area. */
 static inline const uint8_t *mds_ring_at(const mds_ring *ring, uint64_t pos) {

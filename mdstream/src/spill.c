@@ -1,0 +1,364 @@
+/* The spill: when the ring cannot take the dump any more (consumer gone or
+ * stalled, ring aborted or corrupt), the callback writes the rest of it to a
+ * private file at the right offsets, starting with every record the consumer
+ * has not released, so nothing is lost.  The manifest beside it says what the
+ * file holds (docs/spill-format.md).
+ *
+ * Runs on DbgHelp's thread while the dumped process is suspended: no
+ * allocation, only stack buffers and system calls, every size checked. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1
+#endif
+#include "mdstream/callback.h"
+#include "mdstream/atomics.h"
+#include "platform.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* Manifest header offsets (docs/spill-format.md). */
+enum {
+    M_MAGIC = 0,
+    M_VERSION = 8,
+    M_HEADER_SIZE = 12,
+    M_FLAGS = 16,
+    M_TRIGGER = 20,
+    M_DUMP_SIZE = 24,
+    M_BASE_BYTES = 32,
+    M_RESUME_POS = 40,
+    M_RING_END_POS = 48,
+    M_REPLAYED_RECORDS = 56,
+    M_REPLAYED_BYTES = 64,
+    M_DIRECT_WRITES = 72,
+    M_DIRECT_BYTES = 80,
+    M_EXTENT_COUNT = 88,
+    M_SPILLED_NS = 96,
+    M_PID = 104,
+    M_BASE_PATH = 112,
+    M_REASON = 1136,
+    M_END = 1392
+};
+
+static void put_u32(uint8_t *p, uint32_t v) {
+    int i;
+    for (i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put_u64(uint8_t *p, uint64_t v) {
+    int i;
+    for (i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Bounded concatenation: reasons are for people, a truncated one is fine. */
+static void append_text(char *dst, size_t size, const char *text) {
+    size_t used = strnlen(dst, size);
+    size_t n;
+    if (used + 1 >= size) return;
+    n = strnlen(text, size - used - 1);
+    memcpy(dst + used, text, n);
+    dst[used + n] = '\0';
+}
+
+static uint64_t record_total(uint64_t payload) {
+    return MDS_RING_RECORD_HEADER + ((payload + MDS_RING_RECORD_ALIGN - 1) & ~(uint64_t)(MDS_RING_RECORD_ALIGN - 1));
+}
+
+static int write_header(mds_callback_context *ctx, mds_error *err) {
+    mds_spill_state *s = &ctx->spill;
+    uint8_t h[M_END];
+    memset(h, 0, sizeof h);
+    memcpy(h + M_MAGIC, MDS_SPILL_MAGIC, 8);
+    put_u32(h + M_VERSION, MDS_SPILL_VERSION);
+    put_u32(h + M_HEADER_SIZE, MDS_SPILL_HEADER_SIZE);
+    put_u32(h + M_FLAGS, s->flags);
+    put_u32(h + M_TRIGGER, s->trigger);
+    put_u64(h + M_DUMP_SIZE, (s->flags & MDS_SPILL_FINISHED) ? ctx->highest_end : 0);
+    put_u64(h + M_BASE_BYTES, s->base_bytes);
+    put_u64(h + M_RESUME_POS, s->resume_pos);
+    put_u64(h + M_RING_END_POS, s->ring_end_pos);
+    put_u64(h + M_REPLAYED_RECORDS, s->replayed_records);
+    put_u64(h + M_REPLAYED_BYTES, s->replayed_bytes);
+    put_u64(h + M_DIRECT_WRITES, s->direct_writes);
+    put_u64(h + M_DIRECT_BYTES, s->direct_bytes);
+    put_u64(h + M_EXTENT_COUNT, s->extent_count);
+    put_u64(h + M_SPILLED_NS, s->started_unix_ns);
+    put_u32(h + M_PID, mds_platform_pid());
+    memcpy(h + M_BASE_PATH, s->base_path, strnlen(s->base_path, MDS_RING_PATH_SIZE - 1));
+    memcpy(h + M_REASON, s->reason, strnlen(s->reason, sizeof s->reason - 1));
+    return mds_platform_file_pwrite(s->manifest, h, sizeof h, 0, err);
+}
+
+/* Append the buffered extents, then publish their count in the header. */
+static int flush_extents(mds_callback_context *ctx, mds_error *err) {
+    mds_spill_state *s = &ctx->spill;
+    uint8_t raw[MDS_SPILL_EXTENT_BUFFER * 16];
+    uint8_t count[8];
+    uint32_t i;
+    int rc;
+    if (s->buffered == 0) return MDS_OK;
+    for (i = 0; i < s->buffered; i++) {
+        put_u64(raw + 16 * i, s->buffer[i].offset);
+        put_u64(raw + 16 * i + 8, s->buffer[i].length);
+    }
+    rc = mds_platform_file_pwrite(s->manifest, raw, 16ull * s->buffered, MDS_SPILL_HEADER_SIZE + 16 * s->extent_count,
+                                  err);
+    if (rc != MDS_OK) return rc;
+    s->extent_count += s->buffered;
+    s->buffered = 0;
+    put_u64(count, s->extent_count);
+    return mds_platform_file_pwrite(s->manifest, count, 8, M_EXTENT_COUNT, err);
+}
+
+/* Note that [offset, offset+length) of the spill file is authoritative.
+ * Adjacent and nested writes (a normal dump's patches) extend one extent. */
+static int add_extent(mds_callback_context *ctx, uint64_t offset, uint64_t length, mds_error *err) {
+    mds_spill_state *s = &ctx->spill;
+    mds_spill_extent *p = &s->pending;
+    if (length == 0) return MDS_OK;
+    if (p->length) {
+        uint64_t end = p->offset + p->length;
+        if (offset >= p->offset && offset <= end) {
+            if (offset + length > end) p->length = offset + length - p->offset;
+            return MDS_OK;
+        }
+        if (offset + length == p->offset) {
+            p->offset = offset;
+            p->length += length;
+            return MDS_OK;
+        }
+        if (s->buffered == MDS_SPILL_EXTENT_BUFFER) {
+            int rc = flush_extents(ctx, err);
+            if (rc != MDS_OK) return rc;
+        }
+        s->buffer[s->buffered++] = *p;
+    }
+    p->offset = offset;
+    p->length = length;
+    return MDS_OK;
+}
+
+static int spill_bytes(mds_callback_context *ctx, uint64_t offset, const void *data, uint64_t length, mds_error *err) {
+    int rc;
+    if (length == 0) return MDS_OK;
+    if (offset > UINT64_MAX - length)
+        return mds_set_error(err, MDS_ERR_ARG, 0, "offset %llu + length %llu overflows 64 bits",
+                             (unsigned long long)offset, (unsigned long long)length);
+    rc = mds_platform_file_pwrite(ctx->spill.file, data, length, offset, err);
+    if (rc != MDS_OK) return rc;
+    return add_extent(ctx, offset, length, err);
+}
+
+/* Rewrite every record in [resume, end) of the ring into the spill file.
+ * The producer wrote them, but the mapping is shared: check every header. */
+static int replay_ring(mds_callback_context *ctx, uint64_t resume, uint64_t end, mds_error *err) {
+    mds_ring *ring = ctx->ring;
+    mds_spill_state *s = &ctx->spill;
+    uint64_t pos = resume;
+    while (pos < end) {
+        uint64_t index = pos & ring->mask;
+        uint64_t to_end = ring->capacity - index;
+        mds_record_header hdr;
+        uint64_t total;
+        int rc;
+        memcpy(&hdr, ring->data + index, sizeof hdr);
+        if (hdr.kind == MDS_RECORD_PAD) {
+            if ((uint64_t)hdr.length + MDS_RING_RECORD_HEADER != to_end || pos + to_end > end)
+                return mds_set_error(err, MDS_ERR_CORRUPT, 0, "bad padding record at ring position %llu",
+                                     (unsigned long long)pos);
+            pos += to_end;
+            continue;
+        }
+        total = record_total(hdr.length);
+        if (hdr.kind != MDS_RECORD_DATA || hdr.length > ring->max_payload || total > to_end || total > end - pos)
+            return mds_set_error(err, MDS_ERR_CORRUPT, 0, "bad record at ring position %llu (kind 0x%08x, %u bytes)",
+                                 (unsigned long long)pos, hdr.kind, hdr.length);
+        rc = spill_bytes(ctx, hdr.offset, ring->data + index + MDS_RING_RECORD_HEADER, hdr.length, err);
+        if (rc != MDS_OK) return rc;
+        s->replayed_records++;
+        s->replayed_bytes += hdr.length;
+        pos += total;
+    }
+    return MDS_OK;
+}
+
+static void close_files(mds_spill_state *s) {
+    if (s->file != -1) mds_platform_file_close(s->file);
+    if (s->manifest != -1) mds_platform_file_close(s->manifest);
+    s->file = s->manifest = -1;
+    s->closed = 1;
+}
+
+/* Copy the consumer's registered output (what it applied of the released
+ * records) into the spill file.  Returns 1 when it was copied whole. */
+static int copy_base(mds_callback_context *ctx) {
+    mds_spill_state *s = &ctx->spill;
+    const char *shared = ctx->ring->header->consumer_output;
+    char path[MDS_RING_PATH_SIZE];
+    size_t n;
+    mds_error err;
+    /* Bounded copy out of the shared page before any check: the consumer can
+     * rewrite it at any time. */
+    memcpy(path, shared, sizeof path);
+    n = strnlen(path, sizeof path);
+    if (n == 0 || n == sizeof path) return 0;
+    if (!mds_platform_path_is_absolute(path)) return 0;
+    memcpy(s->base_path, path, n + 1);
+    if (mds_platform_file_copy_private(path, s->file, &s->base_bytes, &err) != MDS_OK) {
+        append_text(s->reason, sizeof s->reason, "; consumer output not copied: ");
+        append_text(s->reason, sizeof s->reason, err.message);
+        return 0;
+    }
+    /* A dead consumer cannot clean up its partial file, and a stale copy of
+     * the dump is a stale copy of its secrets: the spill file holds it now. */
+    if (s->trigger == MDS_SPILL_TRIGGER_CONSUMER_GONE) (void)mds_platform_file_remove(path);
+    return 1;
+}
+
+int mds_spill_begin(mds_callback_context *ctx, uint32_t trigger, const char *why, mds_error *err) {
+    mds_spill_state *s = &ctx->spill;
+    mds_ring *ring = ctx->ring;
+    char manifest_path[MDS_RING_PATH_SIZE + sizeof MDS_SPILL_MANIFEST_SUFFIX];
+    char reason[MDS_RING_REASON_SIZE];
+    uint64_t end, resume;
+    int rc;
+
+    if (s->active || s->closed)
+        return mds_set_error(err, MDS_ERR_ARG, 0, "this dump already spilled to %s", ctx->options.spill_path);
+    s->started_unix_ns = mds_platform_realtime_ns();
+    s->trigger = trigger;
+    s->reason[0] = '\0';
+    append_text(s->reason, sizeof s->reason, why);
+
+    /* Everything before read_pos is in the consumer's sink; everything from
+     * there to our own write position is still in the ring. */
+    end = ring->prod.wpos;
+    resume = mds_load_acquire_u64(&ring->header->read_pos);
+    if ((resume % MDS_RING_RECORD_ALIGN) != 0 || resume > end || end - resume > ring->capacity)
+        return mds_set_error(err, MDS_ERR_CORRUPT, 0,
+                             "cannot spill: the ring's released position %llu is outside [%llu, %llu]",
+                             (unsigned long long)resume, (unsigned long long)(end > ring->capacity ? end - ring->capacity : 0),
+                             (unsigned long long)end);
+    if (resume < s->ring_start_pos) resume = s->ring_start_pos; /* earlier dumps' records are not ours */
+    s->resume_pos = resume;
+    s->ring_end_pos = end;
+
+    manifest_path[0] = '\0';
+    append_text(manifest_path, sizeof manifest_path, ctx->options.spill_path);
+    append_text(manifest_path, sizeof manifest_path, MDS_SPILL_MANIFEST_SUFFIX);
+    rc = mds_platform_file_create(ctx->options.spill_path, &s->file, err);
+    if (rc != MDS_OK) return rc;
+    rc = mds_platform_file_create(manifest_path, &s->manifest, err);
+    if (rc != MDS_OK) {
+        close_files(s);
+        return rc;
+    }
+    rc = write_header(ctx, err);
+    if (rc != MDS_OK) goto failed;
+
+    /* Nothing of this dump released yet: the spill file alone is the dump. */
+    if (resume == s->ring_start_pos || copy_base(ctx)) s->flags |= MDS_SPILL_BASE_COMPLETE;
+    rc = replay_ring(ctx, resume, end, err);
+    if (rc != MDS_OK) goto failed;
+    rc = write_header(ctx, err);
+    if (rc != MDS_OK) goto failed;
+    s->active = 1;
+
+    /* Stop the consumer: its records are all in the spill file now. */
+    reason[0] = '\0';
+    append_text(reason, sizeof reason, MDS_SPILL_REASON_PREFIX);
+    append_text(reason, sizeof reason, ctx->options.spill_path);
+    mds_ring_abort(ring, MDS_ABORT_SPILLED, reason);
+    return MDS_OK;
+
+failed:
+    s->flags |= MDS_SPILL_FAILED;
+    append_text(s->reason, sizeof s->reason, "; spill failed: ");
+    append_text(s->reason, sizeof s->reason, err->message);
+    {
+        mds_error ignored;
+        (void)write_header(ctx, &ignored);
+    }
+    close_files(s);
+    return rc;
+}
+
+int mds_spill_write(mds_callback_context *ctx, uint64_t offset, const void *data, uint64_t length, mds_error *err) {
+    mds_spill_state *s = &ctx->spill;
+    int rc;
+    if (!s->active) return mds_set_error(err, MDS_ERR_ARG, 0, "no spill in progress");
+    rc = spill_bytes(ctx, offset, data, length, err);
+    if (rc != MDS_OK) {
+        mds_error ignored;
+        s->flags |= MDS_SPILL_FAILED;
+        append_text(s->reason, sizeof s->reason, "; spill failed: ");
+    append_text(s->reason, sizeof s->reason, err->message);
+        (void)write_header(ctx, &ignored);
+        s->active = 0;
+        close_files(s);
+        return rc;
+    }
+    s->direct_writes++;
+    s->direct_bytes += length;
+    return MDS_OK;
+}
+
+int mds_spill_finish(mds_callback_context *ctx, mds_error *err) {
+    mds_spill_state *s = &ctx->spill;
+    int rc;
+    if (!s->active) return mds_set_error(err, MDS_ERR_ARG, 0, "no spill in progress");
+    if (s->pending.length) {
+        if (s->buffered == MDS_SPILL_EXTENT_BUFFER && (rc = flush_extents(ctx, err)) != MDS_OK) goto failed;
+        s->buffer[s->buffered++] = s->pending;
+        s->pending.length = 0;
+    }
+    if ((rc = flush_extents(ctx, err)) != MDS_OK) goto failed;
+    /* Bytes past the last spilled write that came from the consumer's part
+     * (or a gap DbgHelp never filled) read as zeros, as in a file DbgHelp
+     * writes itself. */
+    if ((rc = mds_platform_file_extend(s->file, ctx->highest_end, err)) != MDS_OK) goto failed;
+    if ((rc = mds_platform_file_sync(s->file, err)) != MDS_OK) goto failed;
+    s->flags |= MDS_SPILL_FINISHED;
+    if ((rc = write_header(ctx, err)) != MDS_OK) goto failed;
+    if ((rc = mds_platform_file_sync(s->manifest, err)) != MDS_OK) goto failed;
+    s->active = 0;
+    close_files(s);
+    return MDS_OK;
+failed:
+    s->flags = (s->flags & ~MDS_SPILL_FINISHED) | MDS_SPILL_FAILED;
+    append_text(s->reason, sizeof s->reason, "; spill failed: ");
+    append_text(s->reason, sizeof s->reason, err->message);
+    {
+        mds_error ignored;
+        (void)write_header(ctx, &ignored);
+    }
+    s->active = 0;
+    close_files(s);
+    return rc;
+}
+
+void mds_spill_close(mds_callback_context *ctx) {
+    mds_spill_state *s = &ctx->spill;
+    if (s->file != -1 || s->manifest != -1) {
+        mds_error ignored;
+        if (s->manifest != -1 && s->buffered) (void)flush_extents(ctx, &ignored);
+        close_files(s);
+    }
+    s->active = 0;
+}
+
+void mds_callback_spill_info(const mds_callback_context *ctx, mds_spill_info *out) {
+    const mds_spill_state *s = &ctx->spill;
+    memset(out, 0, sizeof *out);
+    out->spilled = s->active || s->closed;
+    out->flags = s->flags;
+    out->trigger = s->trigger;
+    out->base_bytes = s->base_bytes;
+    out->resume_pos = s->resume_pos;
+    out->ring_end_pos = s->ring_end_pos;
+    out->replayed_records = s->replayed_records;
+    out->replayed_bytes = s->replayed_bytes;
+    out->direct_writes = s->direct_writes;
+    out->direct_bytes = s->direct_bytes;
+    out->extent_count = s->extent_count;
+    memcpy(out->reason, s->reason, sizeof out->reason);
+}
