@@ -1,3 +1,4 @@
+import os
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -29,6 +30,8 @@ class DumpCallback:
         publish_bytes: int = ...,
         extra_memory: Iterable[tuple[int, int]] = ...,
         hook: Hook | None = ...,
+        spill_path: str | os.PathLike[str] | None = ...,
+        spill_after: float | None = ...,
     ) -> None: ...
     @property
     def information_address(self) -> int: ...
@@ -53,7 +56,11 @@ class DumpCallback:
     @property
     def finished(self) -> bool: ...
     def raise_pending(self) -> None: ...
-    def reset(self) -> None: ...
+    def reset(self, *, spill_path: str | os.PathLike[str] | None = ...) -> None: ...
+    @property
+    def spill_path(self) -> str | None: ...
+    @property
+    def spill(self) -> dict[str, Any] | None: ...
 
 class Simulation:
     def __init__(

@@ -120,6 +120,7 @@ cdef extern from "mdstream/ring.h" nogil:
     const char *mds_status_name(int status)
     void mds_ring_abort_info(const mds_ring *ring, int32_t *code, char *reason, size_t reason_size)
     uint32_t mds_ring_state(const mds_ring *ring)
+    int mds_ring_faulted(const mds_ring *ring)
     int mds_pid_alive(uint32_t pid)
 
 
@@ -152,6 +153,7 @@ cdef extern from "mdstream/span.h" nogil:
         uint64_t size
         uint64_t reserved
     int mds_growbuf_reserve(mds_growbuf *buf, uint64_t size, mds_error *err)
+    int mds_growbuf_prefault(mds_growbuf *buf, mds_error *err)
     void mds_growbuf_free(mds_growbuf *buf)
 
 

@@ -531,6 +531,8 @@ cdef class Batch:
             raise ValueError("the batch was released")
         if not self.ring.mapped:
             raise ValueError("the batch's ring was closed")
+        if mds_ring_faulted(&self.ring.c):
+            raise _errors.RingCorruptError(f"ring file {self.ring.path} was truncated while this batch was in use")
         return 0
 
     def __getbuffer__(self, Py_buffer *buffer, int flags):
@@ -582,6 +584,11 @@ cdef class Batch:
         else:
             self.deferred = True
             self.ring.deferred_batches += 1
+        if self.ring.mapped and mds_ring_faulted(&self.ring.c):
+            # Whatever a sink took from this batch may be zeros: say so before
+            # anyone trusts it (the SIGBUS guard absorbed the fault).
+            raise _errors.RingCorruptError(f"ring file {self.ring.path} was truncated while this batch was in use; "
+                                           "its contents are not trustworthy")
 
     @property
     def released(self):

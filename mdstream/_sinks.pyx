@@ -70,16 +70,29 @@ cdef class MemorySink:
         memset(&self.buf, 0, sizeof(self.buf))
         self.exports = 0
 
-    def __init__(self, size_hint=0):
-        """``size_hint``: the expected dump size, reserved up front (no regrowth)."""
+    def __init__(self, size_hint=0, *, prefault=False):
+        """``size_hint``: the expected dump size, reserved up front (no regrowth).
+
+        ``prefault=True`` also faults those pages in now, so that the dump
+        itself pays no page faults or kernel page zeroing: for an agent that
+        sets its sink up before a crash.  Needs a ``size_hint``.
+        """
         cdef mds_error err
+        cdef int rc
         hint = int(size_hint)
         if hint < 0:
             raise ValueError("size_hint must be >= 0")
+        if prefault and not hint:
+            raise ValueError("prefault needs a size_hint")
         if hint:
             if mds_growbuf_reserve(&self.buf, hint, &err) != MDS_OK:
                 raise MemoryError(err.message.decode("utf-8", "replace"))
             self.buf.size = 0
+            if prefault:
+                with nogil:
+                    rc = mds_growbuf_prefault(&self.buf, &err)
+                if rc != MDS_OK:
+                    raise MemoryError(err.message.decode("utf-8", "replace"))
 
     def __dealloc__(self):
         mds_growbuf_free(&self.buf)

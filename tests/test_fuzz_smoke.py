@@ -98,8 +98,8 @@ def known_bugs():
 
 
 FIXED = ["producer_claim_unchecked_positions", "batch_after_close", "memory_sink_null_memcpy",
-         "ring_file_truncated_under_consumer"]
-OPEN = ["ring_file_truncated_after_read", "ring_file_truncated_under_producer"]
+         "ring_file_truncated_under_consumer", "ring_file_truncated_after_read", "ring_file_truncated_under_producer"]
+OPEN: list[str] = []
 
 
 @pytest.mark.parametrize("name", FIXED)

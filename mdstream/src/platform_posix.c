@@ -8,9 +8,11 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -129,6 +131,117 @@ static int resolve_path(const char *name, char *out, size_t out_size, mds_error 
     return MDS_OK;
 }
 
+
+/* ---- SIGBUS guard ---------------------------------------------------------------
+ * A ring file can be shrunk (ftruncate) by any process of its owner while it
+ * is mapped; the next access past the new end raises SIGBUS, which would kill
+ * the consumer or, worse, the dump writer.  Mappings of ring files are
+ * registered here; a SIGBUS inside one maps a private zero page over the
+ * faulting page (so the access completes) and raises the ring's fault flag,
+ * which the producer checks after every write and the consumer at every poll
+ * and release, turning the fault into MDS_ERR_CORRUPT.  Faults elsewhere go
+ * to the previous handler.  MDSTREAM_SIGBUS_GUARD=0 disables the guard. */
+
+
+#define GUARD_SLOTS 256
+
+typedef struct guard_slot {
+    uintptr_t base;             /* 0 = free; stored last (release) */
+    size_t size;
+    uint32_t fault;
+} guard_slot;
+
+static guard_slot guard_slots[GUARD_SLOTS];
+static struct sigaction guard_previous;
+static uintptr_t guard_page_size = 4096;
+static int guard_enabled;      /* 1 installed, 0 disabled or failed */
+static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
+
+static void guard_chain(int sig, siginfo_t *info, void *context) {
+    if (guard_previous.sa_flags & SA_SIGINFO) {
+        if (guard_previous.sa_sigaction) guard_previous.sa_sigaction(sig, info, context);
+        return;
+    }
+    if (guard_previous.sa_handler == SIG_IGN) return;
+    if (guard_previous.sa_handler == SIG_DFL) {
+        /* Let the faulting access run again under the default action. */
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof dfl);
+        dfl.sa_handler = SIG_DFL;
+        sigemptyset(&dfl.sa_mask);
+        sigaction(sig, &dfl, NULL);
+        return;
+    }
+    guard_previous.sa_handler(sig);
+}
+
+static void guard_handler(int sig, siginfo_t *info, void *context) {
+    int saved_errno = errno;
+    uintptr_t addr = (uintptr_t)info->si_addr;
+    int i;
+    for (i = 0; i < GUARD_SLOTS; i++) {
+        uintptr_t base = __atomic_load_n(&guard_slots[i].base, __ATOMIC_ACQUIRE);
+        if (base != 0 && addr - base < guard_slots[i].size) {
+            void *page = (void *)(addr & ~(guard_page_size - 1));
+            if (mmap(page, (size_t)guard_page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                     -1, 0) != MAP_FAILED) {
+                __atomic_store_n(&guard_slots[i].fault, 1u, __ATOMIC_RELEASE);
+                errno = saved_errno;
+                return;
+            }
+            break;
+        }
+    }
+    errno = saved_errno;
+    guard_chain(sig, info, context);
+}
+
+static void guard_install(void) {
+    struct sigaction action;
+    const char *env = getenv("MDSTREAM_SIGBUS_GUARD");
+    long page = sysconf(_SC_PAGESIZE);
+    if (env && env[0] == '0') return;
+    if (page > 0) guard_page_size = (uintptr_t)page;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = guard_handler;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+    sigemptyset(&action.sa_mask);
+    if (sigaction(SIGBUS, &action, &guard_previous) == 0) guard_enabled = 1;
+}
+
+static void guard_register(mds_ring *ring) {
+    int i;
+    ring->fault_flag = NULL;
+    pthread_once(&guard_once, guard_install);
+    if (!guard_enabled) return;
+    for (i = 0; i < GUARD_SLOTS; i++) {
+        uintptr_t expected = 0;
+        /* Claim with a placeholder so two threads never share a slot. */
+        if (__atomic_compare_exchange_n(&guard_slots[i].base, &expected, (uintptr_t)1, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_RELAXED)) {
+            guard_slots[i].size = 0;
+            __atomic_store_n(&guard_slots[i].fault, 0u, __ATOMIC_RELAXED);
+            guard_slots[i].size = ring->map_size;
+            __atomic_store_n(&guard_slots[i].base, (uintptr_t)ring->map_base, __ATOMIC_RELEASE);
+            ring->fault_flag = &guard_slots[i].fault;
+            return;
+        }
+    }
+    /* All slots taken: this mapping stays unguarded, as before the guard. */
+}
+
+static void guard_unregister(mds_ring *ring) {
+    if (ring->fault_flag) {
+        guard_slot *slot = (guard_slot *)((const char *)ring->fault_flag - offsetof(guard_slot, fault));
+        __atomic_store_n(&slot->base, (uintptr_t)0, __ATOMIC_RELEASE);
+        ring->fault_flag = NULL;
+    }
+}
+
+int mds_platform_mapping_faulted(const mds_ring *ring) {
+    return ring->fault_flag != NULL && __atomic_load_n(ring->fault_flag, __ATOMIC_ACQUIRE) != 0;
+}
+
 int mds_platform_map_create(mds_ring *ring, const char *name, size_t map_size, mds_error *err) {
     void *base;
     ring->fd = -1;
@@ -188,6 +301,8 @@ int mds_platform_map_create(mds_ring *ring, const char *name, size_t map_size, m
     }
     ring->map_base = base;
     ring->map_size = map_size;
+    ring->fault_flag = NULL;
+    if (ring->fd >= 0) guard_register(ring);
     return MDS_OK;
 }
 
@@ -254,6 +369,7 @@ int mds_platform_map_attach_finish(mds_ring *ring, size_t map_size, mds_error *e
     }
     ring->map_base = base;
     ring->map_size = map_size;
+    guard_register(ring);
     return MDS_OK;
 }
 
@@ -269,6 +385,7 @@ int mds_platform_check_mapping(mds_ring *ring, mds_error *err) {
 }
 
 void mds_platform_unmap(mds_ring *ring) {
+    guard_unregister(ring);
     if (ring->map_base) munmap(ring->map_base, ring->map_size);
     ring->map_base = NULL;
     if (ring->fd >= 0) close((int)ring->fd);

@@ -209,10 +209,13 @@ uint32_t mds_ring_state(const mds_ring *ring) { return mds_load_acquire_u32(&rin
 void mds_ring_abort_info(const mds_ring *ring, int32_t *code, char *reason, size_t reason_size) {
     uint32_t state = mds_load_acquire_u32(&ring->header->state);
     int spins = 0;
-    /* An abort in progress writes its reason before publishing ABORTED; give
-     * it a moment, then report what is there. */
-    while (state == MDS_STATE_ABORTING && spins++ < 100000) {
-        mds_cpu_relax();
+    /* An abort in progress writes its reason (a few hundred bytes) before
+     * publishing ABORTED: a short spin covers that.  An aborter that died in
+     * between leaves ABORTING for good, so then sleep a little instead of
+     * burning the CPU, and report what is there. */
+    while (state == MDS_STATE_ABORTING && spins < 1010) {
+        if (spins++ < 1000) mds_cpu_relax();
+        else mds_platform_wait_u32((uint32_t *)&ring->header->state, MDS_STATE_ABORTING, 100000ull);
         state = mds_load_acquire_u32(&ring->header->state);
     }
     if (code) *code = (int32_t)mds_load_relaxed_u32((uint32_t *)&ring->header->abort_code);
@@ -291,6 +294,13 @@ void mds_ring_flush(mds_ring *ring) {
     }
 }
 
+static int faulted_status(const mds_ring *ring, const char *side, mds_error *err) {
+    return mds_set_error(err, MDS_ERR_CORRUPT, 0,
+                         "ring file %s was truncated under the %s: its contents since are lost", ring->path, side);
+}
+
+int mds_ring_faulted(const mds_ring *ring) { return ring->header != NULL && mds_platform_mapping_faulted(ring); }
+
 static int abort_status(mds_ring *ring, mds_error *err) {
     int32_t code;
     char reason[MDS_RING_REASON_SIZE];
@@ -312,6 +322,7 @@ static int wait_for_space(mds_ring *ring, uint64_t pos, uint64_t need, uint64_t 
         uint64_t read_pos = mds_load_acquire_u64(&h->read_pos);
         uint32_t state, flags, seq;
         uint64_t now;
+        if (mds_platform_mapping_faulted(ring)) return faulted_status(ring, "producer", err);
         if (read_pos > pos || pos - read_pos > ring->capacity)
             return mds_set_error(err, MDS_ERR_CORRUPT, 0, "read position %llu is outside [write-%llu, write %llu]",
                                  (unsigned long long)read_pos, (unsigned long long)ring->capacity,
@@ -413,6 +424,7 @@ static int write_records(mds_ring *ring, uint64_t offset, const void *data, uint
         uint64_t need = total > to_end ? to_end + total : total;
         mds_record_header *rec;
         first = 0;
+        if (mds_platform_mapping_faulted(ring)) return faulted_status(ring, "producer", err);
         if (pos + need - ring->prod.read_cached > ring->capacity) {
             int rc = wait_for_space(ring, pos, need, &deadline_ns, timeout_ns, err);
             if (rc != MDS_OK) return rc;
@@ -440,6 +452,8 @@ static int write_records(mds_ring *ring, uint64_t offset, const void *data, uint
         if (length > 0) mds_ring_flush(ring);
     }
 written:
+    /* One load: the SIGBUS guard absorbed a store into a shrunk file. */
+    if (mds_platform_mapping_faulted(ring)) return faulted_status(ring, "producer", err);
     if (ring->prod.wpos - ring->prod.published >= ring->prod.publish_bytes) mds_ring_flush(ring);
     return MDS_OK;
 }
@@ -502,6 +516,7 @@ int mds_ring_poll(mds_ring *ring, uint64_t *start, uint64_t *end, mds_error *err
     uint64_t write_pos;
     /* A file shrunk under us would turn the next access into SIGBUS. */
     if (mds_platform_check_mapping(ring, err) != MDS_OK) return err->status;
+    if (mds_platform_mapping_faulted(ring)) return faulted_status(ring, "consumer", err);
     write_pos = mds_load_acquire_u64(&h->write_pos);
     uint64_t wrap;
     if (write_pos == cursor) {

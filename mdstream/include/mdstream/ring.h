@@ -145,6 +145,7 @@ typedef struct mds_ring {
     int is_owner;           /* created (not attached) */
     char path[512];         /* file path or "" (anonymous); shm names as /dev/shm path */
     char name[256];         /* as given by the user */
+    const uint32_t *fault_flag; /* set (by a SIGBUS guard) when the mapped file was shrunk under us; NULL = unguarded */
     uint8_t pad_a[64];
 
     /* producer side */
@@ -256,6 +257,10 @@ const char *mds_status_name(int status);
 /* Read the abort code and reason (reason_size bytes incl. NUL). */
 void mds_ring_abort_info(const mds_ring *ring, int32_t *code, char *reason, size_t reason_size);
 uint32_t mds_ring_state(const mds_ring *ring);
+/* 1 if the ring's file was shrunk under this handle: some of the mapping now
+ * reads zeros and takes writes nowhere (POSIX, file-backed rings; see
+ * docs/reliability.md).  Everything read or written since is untrustworthy. */
+int mds_ring_faulted(const mds_ring *ring);
 int mds_pid_alive(uint32_t pid);
 
 #ifdef __cplusplus

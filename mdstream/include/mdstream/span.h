@@ -55,6 +55,10 @@ typedef struct mds_growbuf {
     uint64_t reserved;   /* bytes mapped/allocated */
 } mds_growbuf;
 int mds_growbuf_reserve(mds_growbuf *buf, uint64_t size, mds_error *err);
+/* Fault in every reserved page now (zero-filled), so that filling the buffer
+ * later costs no page faults: a crash agent pays this at start-up, not while
+ * the dumped process is suspended. */
+int mds_growbuf_prefault(mds_growbuf *buf, mds_error *err);
 void mds_growbuf_free(mds_growbuf *buf);
 
 #ifdef __cplusplus
