@@ -1,6 +1,6 @@
 """The ``mdstream`` command (also ``python -m mdstream``).
 
-Subcommands: ``demo``, ``replay``, ``drain``, ``info``, ``dump``.  Exit status:
+Subcommands: ``demo``, ``replay``, ``drain``, ``info``, ``dump``, ``spill``.  Exit status:
 0 success, 1 failure (one ``mdstream: error: ...`` line on stderr, no
 traceback), 2 usage error, 130 interrupted (Ctrl-C).
 """
@@ -544,6 +544,88 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
+# spill
+# --------------------------------------------------------------------------
+
+
+def _spill_state_line(report: dict[str, Any]) -> str:
+    spill = report["spill"]
+    if report["failed"]:
+        return "FAILED: a spill write failed; the dump cannot be finished from this spill"
+    if not report["finished"]:
+        return "not finished: the producer is still spilling, or died before IoFinish"
+    if report["base_complete"]:
+        return f"complete: the spill file is the dump (mdstream spill finish {spill} -o OUT copies it)"
+    return f"finished: run mdstream spill finish {spill} --base PARTIAL -o OUT"
+
+
+def cmd_spill_inspect(args: argparse.Namespace) -> int:
+    from mdstream import spill
+
+    report = spill.inspect(args.spill)
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        flags = " | ".join(report["flag_names"]) or "-"
+        if not report["spill_exists"]:
+            contents = "missing"
+        else:
+            why = report["spill_minidump_problem"]
+            parses = "parses as a minidump" if report["spill_is_minidump"] else f"not a minidump: {why}"
+            contents = f"{report['spill_size']:,} bytes; {parses}"
+        base = (f"{report['base_bytes']:,} bytes copied from {report['base_path']}" if report["base_path"]
+                else f"{report['base_bytes']:,} bytes copied (the consumer registered no output file)")
+        lines = [
+            f"spill file  {report['spill']} ({contents})",
+            f"manifest    {report['manifest']} ({report['manifest_size']:,} bytes, version {report['version']})",
+            f"state       0x{report['flags']:x} ({flags}): {_spill_state_line(report)}",
+            f"trigger     {report['trigger']} ({report['trigger_name']})",
+            f"reason      {report['reason'] or '-'}",
+            f"dump size   {report['dump_size']:,} bytes" + ("" if report["finished"] else " (known at IoFinish)"),
+            f"base        {base}",
+            f"ring        resume_pos {report['resume_pos']:,}, end {report['ring_end_pos']:,}: "
+            f"{report['replayed_records']:,} records ({report['replayed_bytes']:,} bytes) replayed",
+            f"direct      {report['direct_writes']:,} writes ({report['direct_bytes']:,} bytes)",
+            f"extents     {report['extent_count']:,}: {report['covered_bytes']:,} bytes in "
+            f"{report['covered_ranges']:,} merged ranges, up to byte {report['covered_end']:,}"
+            + (f" ({report['trailing_bytes']:,} trailing manifest bytes ignored)" if report["trailing_bytes"] else ""),
+            f"spilled at  {report['spilled_iso'] or '-'} by process {report['producer_pid']}",
+        ]
+        for problem in report["problems"]:
+            lines.append(f"problem     {problem}")
+        for line in lines:
+            print(line)
+    if report["problems"]:
+        more = f" (and {len(report['problems']) - 1} more)" if len(report["problems"]) > 1 else ""
+        raise CommandError(f"{args.spill}: {report['problems'][0]}{more}")
+    return 0
+
+
+def cmd_spill_finish(args: argparse.Namespace) -> int:
+    from mdstream import spill
+
+    _check_output(args.output)
+    if args.base is not None:
+        _check_input(args.base, "file")
+    result = spill.finish(args.spill, args.output, args.base, overwrite=args.force)
+    if result["method"] == "copy":
+        how = f"the spill file is the dump ({result['bytes_from_spill']:,} bytes copied)"
+    else:
+        how = (f"{result['bytes_from_spill']:,} bytes from the spill ({result['covered_ranges']:,} ranges of "
+               f"{result['extent_count']:,} extents) over {result['bytes_from_base']:,} bytes of {result['base']}")
+        if result["zero_filled_bytes"]:
+            how += f", {result['zero_filled_bytes']:,} bytes in neither (zero-filled)"
+    parses = ("parses as a minidump" if result["is_minidump"]
+              else f"does NOT parse as a minidump: {result['minidump_problem']}")
+    _emit(args, result, [
+        f"finished spill {result['spill']}: {how}",
+        f"wrote {result['output']}: {result['size']:,} bytes, mode {result['mode']}, sha256 {result['sha256']}; "
+        f"{parses}",
+    ])
+    return 0
+
+
+# --------------------------------------------------------------------------
 # Parser and main
 # --------------------------------------------------------------------------
 
@@ -650,6 +732,41 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_DUMP_TYPE}; e.g. WithFullMemory)")
     output_opts(p)
     p.set_defaults(func=cmd_dump)
+
+    p = sub.add_parser(
+        "spill", help="inspect or finish a dump the callback spilled to a file",
+        description="When the consumer of a ring dies or stalls, the dump callback writes the rest of the dump "
+                    "to its spill file S and describes it in S.mdspill (docs/spill-format.md).  'inspect' "
+                    "reports on a spill; 'finish' writes the dump it holds.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    spill_sub = p.add_subparsers(dest="spill_command", metavar="ACTION", required=True)
+    sp = spill_sub.add_parser(
+        "inspect", help="show a spill's manifest and what its files hold",
+        description="Read SPILL.mdspill (strictly validated) and report every field: state flags, trigger, "
+                    "reason, dump size, what was copied, replayed and written directly, the extents' union, and "
+                    "whether SPILL parses as a minidump.",
+        epilog="exit status: 0 if the manifest is valid and agrees with the spill file; 1 if it is invalid, "
+               "or (after printing the report) the spill file is missing or shorter than the manifest says; "
+               "2 usage error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.add_argument("spill", metavar="SPILL", help="the spill file (or its .mdspill manifest)")
+    output_opts(sp, progress=False)
+    sp.set_defaults(func=cmd_spill_inspect)
+    sp = spill_sub.add_parser(
+        "finish", help="write the dump a finished spill holds",
+        description="Write the dump to OUT.  If the consumer's output was copied into the spill "
+                    "(BASE_COMPLETE), SPILL is the dump and is copied; otherwise --base names the consumer's "
+                    "partial output, and OUT is its bytes (cut or zero-extended to the dump's size) with every "
+                    "byte the spill holds laid over them.  The spill must be FINISHED and not FAILED.  OUT is "
+                    "written privately (0600) beside its final name and renamed into place.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.add_argument("spill", metavar="SPILL", help="the spill file (or its .mdspill manifest)")
+    sp.add_argument("-o", "--output", metavar="OUT", required=True, help="the finished dump")
+    sp.add_argument("--base", metavar="PARTIAL",
+                    help="the consumer's partial output (needed unless the spill is BASE_COMPLETE)")
+    sp.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    output_opts(sp, progress=False)
+    sp.set_defaults(func=cmd_spill_finish)
 
     from mdstream import bench
     bench.add_parser(sub)
