@@ -8,7 +8,7 @@
 #   make native-asan       ring_stress under ASan+UBSan+LSan
 #   make native-stress     both, with a reduced count (as the test suite does)
 #   make fuzz              every atheris harness for FUZZ_RUNS executions (ASan build)
-#   make fuzz-trace | fuzz-attach | fuzz-minidump | fuzz-live-ring    one harness
+#   make fuzz-trace | fuzz-attach | fuzz-minidump | fuzz-live-ring | fuzz-spill    one harness
 #   make fuzz-replay       replay the corpora through the harness functions (no atheris)
 #   make clean-native      remove build/native
 
@@ -27,7 +27,7 @@ NATIVE := build/native
 STRESS_CFLAGS := -std=gnu11 -g -Wall -Wextra -Wno-unused-parameter -pthread -D_GNU_SOURCE \
 	-Imdstream/include -Imdstream/src
 
-FUZZ_TARGETS := trace attach minidump live_ring
+FUZZ_TARGETS := trace attach minidump live_ring spill
 
 .PHONY: sanitize sanitize-subset asan-build tsan native-asan native-stress fuzz fuzz-replay \
 	$(addprefix fuzz-,$(subst _,-,$(FUZZ_TARGETS))) clean-native
@@ -81,6 +81,9 @@ fuzz-attach: asan-build
 
 fuzz-minidump: asan-build
 	scripts/fuzz.sh minidump -runs=$(FUZZ_RUNS) $(FUZZ_FLAGS)
+
+fuzz-spill: asan-build
+	scripts/fuzz.sh spill -runs=$(FUZZ_RUNS) $(FUZZ_FLAGS)
 
 fuzz-live-ring: asan-build
 	scripts/fuzz.sh live_ring -runs=$(FUZZ_RUNS) $(FUZZ_FLAGS)

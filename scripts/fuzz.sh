@@ -28,6 +28,7 @@ case "$target" in
     minidump) max_len=8192 ;;
     attach) max_len=12400 ;;
     live_ring) max_len=1024 ;;
+    spill) max_len=4400 ;;   # a whole raw manifest header (4096) plus extents
     *) max_len=4096 ;;
 esac
 

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.join(ROOT, "fuzz"))
 
 import fuzz_attach  # noqa: E402
 import fuzz_live_ring  # noqa: E402
+import fuzz_spill  # noqa: E402
 
 import mdstream  # noqa: E402
 from mdstream.sample import build_sample_minidump  # noqa: E402
@@ -81,6 +82,7 @@ def main() -> None:
         "minidump": minidump_seeds(),
         "attach": fuzz_attach.seeds(),
         "live_ring": fuzz_live_ring.seeds(),
+        "spill": fuzz_spill.seeds(),
     }
     for target, seeds in sets.items():
         d = os.path.join(CORPUS, target)

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FUZZ = ROOT / "fuzz"
-TARGETS = ["trace", "minidump", "attach", "live_ring"]
+TARGETS = ["trace", "minidump", "attach", "live_ring", "spill"]
 MUTATIONS = int(os.environ.get("MDSTREAM_FUZZ_SMOKE_MUTATIONS", "150"))
 
 

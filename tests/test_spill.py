@@ -9,6 +9,7 @@ drives it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -283,3 +284,82 @@ def test_reusing_a_callback_after_a_spill_needs_a_new_path(tmp_path: Path) -> No
     sim.wait(HANG_GUARD)
     assert sim.succeeded and callback2.spill["complete"]
     assert first.read_bytes() == second.read_bytes() == plan.apply().tobytes()
+
+
+CUSTOM_SINK_CONSUMER = r"""
+import os, sys
+import mdstream
+ring = mdstream.Ring.attach(sys.argv[1])
+fd = os.open(sys.argv[2], os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+
+class PwriteSink:
+    # A sink the spill cannot know about (an upload, say): it registers nothing.
+    def consume(self, batch):
+        buf = batch.buffer
+        for off, n, pos in zip(batch.offsets.tolist(), batch.lengths.tolist(), batch.positions.tolist()):
+            os.pwrite(fd, buf[pos:pos + n], off)
+    def finish(self):
+        return None
+    def abort(self, error):
+        pass
+
+mdstream.drain(ring, [PwriteSink()])
+"""
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mdstream.cli", *args], capture_output=True, text=True,
+                          timeout=HANG_GUARD)
+
+
+def test_spill_without_the_consumers_file_is_finished_over_its_partial_output(tmp_path: Path) -> None:
+    plan = patched_plan(64 << 20)
+    expected = hashlib.sha256(plan.apply()).hexdigest()
+    ring_path = tmp_path / "ring"
+    partial = tmp_path / "partial.bin"
+    spill = tmp_path / "spill.dmp"
+    ring = mdstream.Ring.create(str(ring_path), 1 << 20)
+    consumer = subprocess.Popen([sys.executable, "-c", CUSTOM_SINK_CONSUMER, str(ring_path), str(partial)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        callback = mdstream.DumpCallback(ring, deadline=30, spill_path=spill, spill_after=5.0)
+        sim = start_simulation(callback, plan)
+        wait_until(lambda: callback.bytes_written >= plan.total_bytes // 2 or sim.done, "half of the dump")
+        assert not sim.done
+        consumer.kill()
+        sim.wait(HANG_GUARD)
+    finally:
+        reap(consumer)
+    assert sim.succeeded, callback.failure
+    info = callback.spill
+    assert info["finished"] and not info["complete"] and info["base_bytes"] == 0, info
+    assert sha256_of(spill) != expected  # the consumer's half is not in it
+
+    report = json.loads(run_cli("spill", "inspect", str(spill), "--json").stdout)
+    assert report["needs_base"] and report["finishable"] and report["trigger"] == 1
+    assert report["dump_size"] == plan.apply().size
+    assert report["extent_count"] == info["extents"]
+
+    refused = run_cli("spill", "finish", str(spill), "-o", str(tmp_path / "x.dmp"))
+    assert refused.returncode == 1 and "--base" in refused.stderr
+    done = run_cli("spill", "finish", str(spill), "-o", str(tmp_path / "whole.dmp"), "--base", str(partial))
+    assert done.returncode == 0, done.stderr
+    assert sha256_of(tmp_path / "whole.dmp") == expected
+    assert (tmp_path / "whole.dmp").stat().st_mode & 0o777 == 0o600
+    ring.close()
+
+
+def test_a_complete_spill_inspects_and_finishes_as_the_dump_itself(tmp_path: Path) -> None:
+    plan = patched_plan(4 << 20)
+    spill = tmp_path / "spill.dmp"
+    ring = mdstream.Ring.create(None, 64 << 10)
+    callback = mdstream.DumpCallback(ring, deadline=30, spill_path=spill, spill_after=0.1)
+    sim = start_simulation(callback, plan)
+    sim.wait(HANG_GUARD)
+    assert sim.succeeded and callback.spill["complete"]
+    report = json.loads(run_cli("spill", "inspect", str(spill), "--json").stdout)
+    assert report["complete"] and not report["needs_base"] and not report["problems"], report
+    assert report["replayed_bytes"] == callback.spill["replayed_bytes"]
+    done = run_cli("spill", "finish", str(spill), "-o", str(tmp_path / "out.dmp"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.dmp").read_bytes() == plan.apply().tobytes()

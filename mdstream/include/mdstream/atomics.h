@@ -6,6 +6,9 @@
 #define MDSTREAM_ATOMICS_H
 
 #if defined(_MSC_VER) && !defined(__clang__)
+#if !defined(_M_IX86) && !defined(_M_X64)
+#error "mdstream's MSVC atomics rely on x86/x64 ordering; build ARM64 Windows with clang-cl"
+#endif
 #include <intrin.h>
 #include <windows.h>
 /* x86/x64 MSVC: aligned loads/stores are atomic; volatile + compiler barriers
@@ -21,12 +24,23 @@
 #define mds_store_seqcst_u32(p, v) InterlockedExchange((volatile long *)(p), (long)(v))
 #define mds_fetch_add_u32(p, v) ((unsigned)InterlockedExchangeAdd((volatile long *)(p), (long)(v)))
 #define mds_fetch_add_relaxed_u64(p, v) ((unsigned __int64)InterlockedExchangeAdd64((volatile __int64 *)(p), (__int64)(v)))
-#define mds_cas_u32(p, expected_ptr, desired) \
-    (InterlockedCompareExchange((volatile long *)(p), (long)(desired), (long)*(expected_ptr)) == (long)*(expected_ptr) \
-         ? 1 : (*(expected_ptr) = (unsigned)*(volatile long *)(p), 0))
+/* A failed compare-exchange reports the value it saw, as the GCC branch does
+ * (claim() relies on it); never a second, possibly torn, read. */
+static __inline int mds_cas_u32_msvc(volatile void *p, unsigned *expected, unsigned desired) {
+    long seen = InterlockedCompareExchange((volatile long *)p, (long)desired, (long)*expected);
+    if (seen == (long)*expected) return 1;
+    *expected = (unsigned)seen;
+    return 0;
+}
+static __inline int mds_cas_u64_msvc(volatile void *p, unsigned __int64 *expected, unsigned __int64 desired) {
+    __int64 seen = InterlockedCompareExchange64((volatile __int64 *)p, (__int64)desired, (__int64)*expected);
+    if (seen == (__int64)*expected) return 1;
+    *expected = (unsigned __int64)seen;
+    return 0;
+}
+#define mds_cas_u32(p, expected_ptr, desired) mds_cas_u32_msvc((p), (unsigned *)(expected_ptr), (unsigned)(desired))
 #define mds_cas_u64(p, expected_ptr, desired) \
-    (InterlockedCompareExchange64((volatile __int64 *)(p), (__int64)(desired), (__int64)*(expected_ptr)) == (__int64)*(expected_ptr) \
-         ? 1 : (*(expected_ptr) = (unsigned __int64)*(volatile __int64 *)(p), 0))
+    mds_cas_u64_msvc((p), (unsigned __int64 *)(expected_ptr), (unsigned __int64)(desired))
 #define mds_fence_seqcst() MemoryBarrier()
 #define mds_cpu_relax() YieldProcessor()
 #define mds_fetch_or_u32(p, v) ((unsigned)InterlockedOr((volatile long *)(p), (long)(v)))
