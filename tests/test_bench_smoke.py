@@ -44,7 +44,8 @@ def test_quick_run_reports_rss_and_targets(quick_results):
     assert rss["dump_bytes"] == rss["file_bytes"] == bench.RSS_DUMP_BYTES[1]
     assert rss["peak_rss"] > 0 and rss["budget"] == bench.RING_CAPACITY + bench.RSS_BUDGET_EXTRA
     names = [t["target"] for t in quick_results["targets"]]
-    assert len(names) == 6
+    assert len(names) == 7
+    assert "1k into MemorySink (prefaulted): x best peer" in names
     assert all(t["met"] in (True, False, None) for t in quick_results["targets"])
     json.dumps(quick_results)  # JSON-ready
 

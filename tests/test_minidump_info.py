@@ -4,37 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import importlib
 import json
 import struct
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import pure_module
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 DUMPS = FIXTURES / "dumps"
 
 
-def _pure(name: str) -> types.ModuleType:
-    """Import a pure-Python mdstream module even when the compiled extension is not built."""
-    try:
-        return importlib.import_module(f"mdstream.{name}")
-    except ImportError:
-        if "mdstream" in sys.modules and hasattr(sys.modules["mdstream"], "__file__"):
-            raise
-        pkg = types.ModuleType("mdstream")
-        pkg.__path__ = [str(ROOT / "mdstream")]
-        sys.modules["mdstream"] = pkg
-        return importlib.import_module(f"mdstream.{name}")
-
-
-minidump = _pure("minidump")
+minidump = pure_module("minidump")
 read_info = minidump.read_info
 iter_regions = minidump.iter_regions
 NotAMinidumpError = minidump.NotAMinidumpError

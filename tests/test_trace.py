@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import errno
-import importlib
 import os
 import pickle
 import stat
 import struct
-import sys
 import time
-import types
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pytest
+from conftest import pure_module
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,21 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 
 
-def _pure(name: str) -> types.ModuleType:
-    """Import a pure-Python mdstream module even when the compiled extension is not built."""
-    try:
-        return importlib.import_module(f"mdstream.{name}")
-    except ImportError:
-        if "mdstream" in sys.modules and hasattr(sys.modules["mdstream"], "__file__"):
-            raise
-        pkg = types.ModuleType("mdstream")
-        pkg.__path__ = [str(ROOT / "mdstream")]
-        sys.modules["mdstream"] = pkg
-        return importlib.import_module(f"mdstream.{name}")
-
-
-trace = _pure("trace")
-schedules = _pure("schedules")
+trace = pure_module("trace")
+schedules = pure_module("schedules")
 TraceFormatError = trace.TraceFormatError
 TraceWriter = trace.TraceWriter
 read_trace = trace.read_trace
