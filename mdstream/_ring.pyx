@@ -225,6 +225,11 @@ cdef class Ring:
         return self.c.header.consumer_pid
 
     @property
+    def outstanding_batches(self):
+        """Batches read from this handle and not released yet (deferred ones included)."""
+        return self.live_batches
+
+    @property
     def consumer_output(self):
         """The file the consumer's sink writes released records into, or ``None``.
 

@@ -1,10 +1,11 @@
 import builtins
 import os
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from mdstream._ring import Batch
+from mdstream._ring import Batch, Ring
 
 class NullSink:
     records: int
@@ -59,3 +60,9 @@ class TraceSink:
     def records(self) -> int: ...
     def finish(self) -> str | None: ...
     def abort(self, error: BaseException | None = ...) -> None: ...
+
+DRAIN_MORE: int
+DRAIN_END: int
+
+def native_sink(sink: object) -> bool: ...
+def drain_ready(ring: Ring, sinks: list[Any], budget: float) -> tuple[int, int, int]: ...

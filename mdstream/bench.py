@@ -229,34 +229,13 @@ def cpu_pair() -> tuple[int, int] | None:
     return (cpus[0], cpus[1]) if len(cpus) >= 2 else None
 
 
-class _PinConsumer:
-    """A do-nothing sink placed first: on the first batch -- the producer thread has been
-    started by then, inheriting the producer CPU -- it moves the consuming thread to the
-    consumer CPU.  Costs one Python call per batch."""
-
-    def __init__(self, cpu: int) -> None:
-        self.cpu = cpu
-        self.pinned = False
-
-    def consume(self, batch: Any) -> None:
-        if not self.pinned:
-            os.sched_setaffinity(0, {self.cpu})
-            self.pinned = True
-
-    def finish(self) -> None:
-        return None
-
-    def abort(self, error: BaseException) -> None:
-        pass
-
-
 class MdstreamCase(Case):
     """The real callback, driven from a native thread, drained here into one sink.
 
     With two CPUs available (``cpu_pair``) the producer and the consumer are
     pinned to different ones: the calling thread is moved to the producer CPU
     before :func:`~mdstream.simulator.run_plan` starts the native thread (which
-    inherits that affinity) and to the consumer CPU at the first batch; its
+    inherits that affinity) and to the consumer CPU right after (``started``); its
     affinity is restored afterwards.  Without pinning a 2-core machine with any
     other load often runs both on one core, ping-ponging.
     """
@@ -306,7 +285,11 @@ class MdstreamCase(Case):
             original = os.sched_getaffinity(0)
             os.sched_setaffinity(0, {self.cpus[0]})
             try:
-                result = run_plan(self.plan, state["callback"], [_PinConsumer(self.cpus[1]), state["sink"]])
+                # The native thread starts on the producer CPU (inherited);
+                # then this thread moves to the consumer CPU before draining.
+                consumer_cpu = self.cpus[1]
+                result = run_plan(self.plan, state["callback"], [state["sink"]],
+                                  started=lambda: os.sched_setaffinity(0, {consumer_cpu}))
             finally:
                 os.sched_setaffinity(0, original)
         wall = time.perf_counter() - wall0

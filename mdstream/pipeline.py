@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkabl
 
 from mdstream import errors
 from mdstream._ring import Batch, Ring
-from mdstream._sinks import FileSink
+from mdstream._sinks import DRAIN_END, FileSink, drain_ready, native_sink
 
 __all__ = [
     "Sink",
@@ -202,27 +202,48 @@ def drain(
     started = time.perf_counter()
     last_report = started
     idle_since = started
+    # Built-in sinks only: the per-batch loop runs in Cython, and Python
+    # comes back every POLL_INTERVAL for the timeout, the producer check and
+    # progress.
+    native = all(native_sink(s) for s in sink_list) and not ring.outstanding_batches
     try:
         while True:
-            try:
-                batch = ring.read(timeout=POLL_INTERVAL)
-            except errors.RingTimeoutError:
-                now = time.perf_counter()
-                failure = producer_failed() if producer_failed else None
-                if failure is not None:
-                    raise failure
-                if timeout is not None and now - idle_since > timeout:
-                    raise errors.RingTimeoutError(f"no data from the producer for {timeout:g} s") from None
-                continue
-            if batch is None:
-                break
-            idle_since = time.perf_counter()
-            with batch:
-                for sink in sink_list:
-                    sink.consume(batch)
-                records, nbytes, _ = batch.summary()
+            if native:
+                records, nbytes, status = drain_ready(ring, sink_list, POLL_INTERVAL)
                 state.records += records
                 state.bytes += nbytes
+                if status == DRAIN_END:
+                    break
+                now = time.perf_counter()
+                if records:
+                    idle_since = now
+                else:
+                    failure = producer_failed() if producer_failed else None
+                    if failure is not None:
+                        raise failure
+                    if timeout is not None and now - idle_since > timeout:
+                        raise errors.RingTimeoutError(f"no data from the producer for {timeout:g} s")
+                    continue
+            else:
+                try:
+                    batch = ring.read(timeout=POLL_INTERVAL)
+                except errors.RingTimeoutError:
+                    now = time.perf_counter()
+                    failure = producer_failed() if producer_failed else None
+                    if failure is not None:
+                        raise failure
+                    if timeout is not None and now - idle_since > timeout:
+                        raise errors.RingTimeoutError(f"no data from the producer for {timeout:g} s") from None
+                    continue
+                if batch is None:
+                    break
+                idle_since = time.perf_counter()
+                with batch:
+                    for sink in sink_list:
+                        sink.consume(batch)
+                    records, nbytes, _ = batch.summary()
+                    state.records += records
+                    state.bytes += nbytes
             if progress is not None:
                 now = time.perf_counter()
                 if now - last_report >= PROGRESS_INTERVAL:

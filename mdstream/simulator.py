@@ -45,10 +45,12 @@ def run_plan(
     progress: Callable[[Progress], None] | None = None,
     timeout: float | None = None,
     io_handle: int = 0,
+    started: Callable[[], None] | None = None,
 ) -> StreamResult:
     """Drive ``callback`` with ``plan`` (a :class:`~mdstream.schedules.WritePlan`) from a
     native thread; drain its ring into ``sinks`` here (``None``: someone else
-    drains it, e.g. another process attached to a named ring)."""
+    drains it, e.g. another process attached to a named ring).  ``started`` is
+    called once the native thread runs, before draining."""
     sim = Simulation(
         callback.routine_address,
         callback.param_address,
@@ -62,6 +64,8 @@ def run_plan(
     callback.reset()
     sim.start()
     try:
+        if started is not None:  # e.g. move this (consuming) thread to another CPU
+            started()
         if sinks is None:
             sim.wait(timeout)
             if not sim.done:
