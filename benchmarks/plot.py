@@ -22,7 +22,7 @@ DEFAULT_OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.par
 STYLE: dict[str, tuple[str, str, str, str]] = {
     "mdstream/null": ("mdstream, ring alone (NullSink)", "#08519c", "-", "o"),
     "mdstream/memory": ("mdstream -> MemorySink", "#3182bd", "-", "s"),
-    "mdstream/memory-prefaulted": ("mdstream -> MemorySink (prefaulted)", "#6baed6", "-", "D"),
+    "mdstream/memory-prefaulted": ("mdstream -> MemorySink (prefaulted)", "#1c9099", "-", "P"),
     "mdstream/file": ("mdstream -> FileSink (/dev/shm)", "#6baed6", "-", "D"),
     "memcpy/one-piece": ("numpy copy, one piece", "#000000", "--", ""),
     "memcpy/fresh": ("numpy copy, one piece, into fresh memory", "#969696", "--", "."),
