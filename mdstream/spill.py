@@ -415,7 +415,8 @@ def pack_manifest(manifest: SpillManifest) -> bytes:
         raise ValueError(f"a manifest field does not fit: {exc}") from None
     for at, size, field_name, text in ((_BASE_PATH_AT, BASE_PATH_SIZE, "base_path", manifest.base_path),
                                        (_REASON_AT, REASON_SIZE, "reason", manifest.reason)):
-        raw = text.encode("utf-8")
+        # Paths round-trip through os.fsencode (bytes that are not UTF-8 included).
+        raw = os.fsencode(text) if field_name == "base_path" else text.encode("utf-8")
         if len(raw) >= size or b"\0" in raw:
             raise ValueError(f"{field_name} must be at most {size - 1} UTF-8 bytes without NUL, not {len(raw)}")
         head[at:at + len(raw)] = raw
