@@ -297,7 +297,9 @@ def test_wine_platform_layer(wine: Wine, shm_ring: Any, tmp_path: Path) -> None:
     results = json.loads(stdout.strip().splitlines()[-1])
     failed = {k: v for k, v in results.items() if isinstance(v, str) and v != "ok"}
     assert not failed and proc.returncode == 0, (failed, stderr[-2000:])
-    assert len(results) >= 25
+    assert len(results) >= 33
+    spill_checks = [k for k in results if k.startswith("spill_")]
+    assert len(spill_checks) == 8, spill_checks  # the spill ran with Windows files (platform_win32.c)
     assert results["ring_pid_value"] == proc.pid  # the Unix pid Linux sees (kill(pid, 0) works on it)
     assert [(int(o), v.tobytes()) for batch in private for o, v in batch] == [(7, b"from wine")]
     assert not list(tmp_path.iterdir())  # the file ring it created was removed

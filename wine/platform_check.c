@@ -14,6 +14,7 @@
 #include <windows.h>
 
 #include "mdstream/atomics.h"
+#include "mdstream/callback.h"
 #include "mdstream/ring.h"
 
 #include <stdarg.h>
@@ -23,6 +24,9 @@
 
 uint32_t mds_platform_pid(void);
 void mds_platform_wait_u32(uint32_t *word, uint32_t expected, uint64_t timeout_ns);
+int mds_platform_file_create(const char *path, intptr_t *file, mds_error *err);
+int mds_platform_file_pwrite(intptr_t file, const void *data, uint64_t length, uint64_t offset, mds_error *err);
+void mds_platform_file_close(intptr_t file);
 
 static int failures;
 static int first = 1;
@@ -57,6 +61,179 @@ static DWORD WINAPI bump_later(LPVOID unused) {
     Sleep(30);
     mds_fetch_add_u32(&g_word, 1);
     return 0;
+}
+
+/* ---- the spill, with Windows files ------------------------------------------------
+ * A file ring; a consumer thread that applies the first batch to its own
+ * private file, registers it and then stalls; a dump driven through the real
+ * callback by the simulator.  The callback must spill: copy the consumer's
+ * file (platform_win32.c's private-file checks), replay the ring and write the
+ * rest, giving exactly the dump. */
+
+#define SPILL_WRITES 48
+#define SPILL_WRITE 1000
+#define SPILL_SIZE (SPILL_WRITES * SPILL_WRITE)
+
+typedef struct spill_consumer {
+    mds_ring ring;
+    char output[600];
+    int applied;       /* bytes of records applied and released */
+    char message[256];
+} spill_consumer;
+
+static DWORD WINAPI consume_once(LPVOID param) {
+    spill_consumer *c = (spill_consumer *)param;
+    mds_error err;
+    uint64_t start, end, pos = 0, deadline = mds_now_ns() + 10000000000ull;
+    intptr_t file;
+    mds_record rec;
+    int rc;
+    if (mds_ring_claim_consumer(&c->ring, &err) != MDS_OK ||
+        mds_ring_set_consumer_output(&c->ring, c->output, &err) != MDS_OK ||
+        mds_platform_file_create(c->output, &file, &err) != MDS_OK) {
+        snprintf(c->message, sizeof c->message, "consumer setup: %s", err.message);
+        return 1;
+    }
+    while ((rc = mds_ring_poll(&c->ring, &start, &end, &err)) == MDS_EMPTY && mds_now_ns() < deadline)
+        mds_ring_wait_data(&c->ring, 10000000ull, &err);
+    if (rc != MDS_OK) {
+        snprintf(c->message, sizeof c->message, "consumer poll: rc %d %s", rc, err.message);
+        mds_platform_file_close(file);
+        return 1;
+    }
+    while ((rc = mds_span_next(mds_ring_at(&c->ring, start), end - start, &pos, &rec, &err)) == 1) {
+        if (mds_platform_file_pwrite(file, mds_ring_at(&c->ring, start) + rec.payload_pos, rec.length, rec.offset,
+                                     &err) != MDS_OK)
+            break;
+        c->applied += (int)rec.length;
+    }
+    mds_platform_file_close(file);
+    mds_ring_advance(&c->ring, end);
+    mds_ring_release(&c->ring, end); /* then stall: the producer must spill */
+    return 0;
+}
+
+static int read_whole(const char *path, uint8_t *out, DWORD size, DWORD *got) {
+    HANDLE h = CreateFileA(path, GENERIC_READ, FILE_SHARE_READ, NULL, OPEN_EXISTING, 0, NULL);
+    BOOL ok;
+    if (h == INVALID_HANDLE_VALUE) return 0;
+    ok = ReadFile(h, out, size, got, NULL);
+    CloseHandle(h);
+    return ok;
+}
+
+static void check_spill(const char *scratch) {
+    static uint8_t source[SPILL_SIZE + 64], expected[SPILL_SIZE], actual[SPILL_SIZE + 16];
+    static uint64_t offsets[SPILL_WRITES + 1], sources[SPILL_WRITES + 1];
+    static uint32_t lengths[SPILL_WRITES + 1];
+    static spill_consumer consumer;
+    char ring_path[600], spill_path[600], manifest_path[620];
+    mds_ring producer;
+    mds_error err;
+    mds_callback_options options;
+    mds_callback_context ctx;
+    mds_simulation sim;
+    mds_spill_info info;
+    HANDLE thread;
+    DWORD got = 0;
+    int i, rc, ok;
+    char magic[16] = "";
+
+    for (i = 0; i < (int)sizeof source; i++) source[i] = (uint8_t)(i * 131 + (i >> 8));
+    for (i = 0; i < SPILL_WRITES; i++) {
+        offsets[i] = (uint64_t)i * SPILL_WRITE;
+        lengths[i] = SPILL_WRITE;
+        sources[i] = (uint64_t)i * SPILL_WRITE;
+    }
+    offsets[SPILL_WRITES] = 10; /* DbgHelp patches its header last */
+    lengths[SPILL_WRITES] = 16;
+    sources[SPILL_WRITES] = SPILL_SIZE;
+    memcpy(expected, source, SPILL_SIZE);
+    memcpy(expected + 10, source + SPILL_SIZE, 16);
+
+    snprintf(ring_path, sizeof ring_path, "%s\\spill-ring", scratch);
+    snprintf(spill_path, sizeof spill_path, "%s\\spill.dmp", scratch);
+    snprintf(manifest_path, sizeof manifest_path, "%s.mdspill", spill_path);
+    snprintf(consumer.output, sizeof consumer.output, "%s\\consumer-partial.dmp", scratch);
+    rc = mds_ring_create(&producer, ring_path, 8192, &err);
+    if (rc == MDS_OK) rc = mds_ring_attach(&consumer.ring, ring_path, &err);
+    result("spill_rings", rc == MDS_OK, "%s", err.message);
+    if (rc != MDS_OK) return;
+
+    mds_callback_options_init(&options);
+    options.coalesce = 0;                     /* one record per write: a batch is a prefix of the dump */
+    options.publish_bytes = 0;
+    options.deadline_ns = 20000000000ull;
+    options.spill_after_ns = 300000000ull;    /* 0.3 s of a full ring */
+    snprintf(options.spill_path, sizeof options.spill_path, "%s", spill_path);
+    mds_callback_context_init(&ctx, &producer, &options);
+
+    thread = CreateThread(NULL, 0, consume_once, &consumer, 0, NULL);
+    memset(&sim, 0, sizeof sim);
+    sim.routine = mds_dump_callback;
+    sim.param = &ctx;
+    sim.buffer = source;
+    sim.buffer_size = sizeof source;
+    sim.offsets = offsets;
+    sim.lengths = lengths;
+    sim.sources = sources;
+    sim.count = SPILL_WRITES + 1;
+    mds_simulation_run(&sim);
+    WaitForSingleObject(thread, 20000);
+    CloseHandle(thread);
+    mds_callback_spill_info(&ctx, &info);
+
+    result("spill_dump_succeeds", sim.succeeded, "failed at write %llu, status 0x%08lx: %s",
+           (unsigned long long)sim.failed_index, (unsigned long)sim.failed_status, ctx.failure_reason);
+    result("spill_consumer_applied_a_batch", consumer.applied > 0 && consumer.message[0] == 0, "%d bytes: %s",
+           consumer.applied, consumer.message);
+    result("spill_copied_the_consumer_file", info.spilled && info.base_bytes == (uint64_t)consumer.applied &&
+           (info.flags & (MDS_SPILL_FINISHED | MDS_SPILL_BASE_COMPLETE)) == (MDS_SPILL_FINISHED | MDS_SPILL_BASE_COMPLETE),
+           "spilled %d flags 0x%x base %llu applied %d replayed %llu direct %llu: %s", info.spilled, info.flags,
+           (unsigned long long)info.base_bytes, consumer.applied, (unsigned long long)info.replayed_bytes,
+           (unsigned long long)info.direct_bytes, info.reason);
+    /* (Each read before its result(): argument evaluation order is unspecified.) */
+    ok = read_whole(spill_path, actual, sizeof actual, &got) && got == SPILL_SIZE &&
+         memcmp(actual, expected, SPILL_SIZE) == 0;
+    result("spill_file_is_the_dump", ok, "read %lu bytes, %s", (unsigned long)got,
+           got == SPILL_SIZE ? "different bytes" : "wrong size");
+    ok = read_whole(manifest_path, (uint8_t *)magic, 8, &got) && got == 8 && memcmp(magic, "MDSPILL1", 8) == 0;
+    result("spill_manifest_written", ok, "read %lu bytes", (unsigned long)got);
+    result("spill_aborted_the_ring", mds_ring_state(&consumer.ring) == MDS_STATE_ABORTED, "state %u",
+           mds_ring_state(&consumer.ring));
+
+    /* A second dump to the same path must fail, never overwrite. */
+    mds_callback_context_reset(&ctx);
+    {
+        mds_ring again;
+        rc = mds_ring_create(&again, NULL, 4096, &err);
+        if (rc == MDS_OK) {
+            ctx.ring = &again;
+            memset(&sim, 0, sizeof sim);
+            sim.routine = mds_dump_callback;
+            sim.param = &ctx;
+            sim.buffer = source;
+            sim.buffer_size = sizeof source;
+            sim.offsets = offsets;
+            sim.lengths = lengths;
+            sim.sources = sources;
+            sim.count = SPILL_WRITES + 1;
+            mds_simulation_run(&sim);
+            ok = !sim.succeeded && (uint32_t)sim.failed_status == 0x8007001Du &&
+                 read_whole(spill_path, actual, sizeof actual, &got) && got == SPILL_SIZE &&
+                 memcmp(actual, expected, SPILL_SIZE) == 0;
+            result("spill_never_overwrites", ok, "succeeded %d status 0x%08lx, file %lu bytes: %s", sim.succeeded,
+                   (unsigned long)sim.failed_status, (unsigned long)got, ctx.failure_reason);
+            mds_ring_close(&again);
+        }
+    }
+    mds_callback_context_release(&ctx);
+    mds_ring_close(&consumer.ring);
+    mds_ring_close(&producer);
+    mds_ring_unlink(ring_path, &err);
+    DeleteFileA(spill_path);
+    DeleteFileA(manifest_path);
+    DeleteFileA(consumer.output);
 }
 
 int main(int argc, char **argv) {
@@ -175,6 +352,8 @@ int main(int argc, char **argv) {
     waited = mds_now_ns() - t0;
     result("clock_is_nanoseconds", waited >= 15000000ull && waited < 2000000000ull, "Sleep(20) took %llu ns",
            (unsigned long long)waited);
+
+    check_spill(argv[3]);
 
     printf("}\n");
     return failures ? 1 : 0;
