@@ -16,6 +16,7 @@ cdef class Ring:
 
     cdef int check_mapped(self) except -1
     cdef int release_range(self, uint64_t start, uint64_t end) except -1
+    cdef int next_span(self, uint64_t deadline, uint64_t *start, uint64_t *end) except -1
 
 
 cdef class Batch:
@@ -39,5 +40,10 @@ cdef class Batch:
     cdef tuple _index(self)
     cdef int get_summary(self, mds_span_summary *out) except -1
 
+
+cdef enum:
+    SPAN_READY = 1
+    SPAN_END = 2
+    SPAN_TIMEOUT = 3
 
 cdef int raise_for(int status, const mds_error *err) except -1

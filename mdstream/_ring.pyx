@@ -367,45 +367,59 @@ cdef class Ring:
         :class:`RingTimeoutError` when ``timeout`` passes with nothing to read.
         Blocking waits sleep (no busy loop) and Ctrl-C interrupts them.
         """
-        cdef mds_error err
-        cdef uint64_t start = 0, end = 0, deadline, now, slice_ns, pos
-        cdef int rc
-        cdef mds_record rec
+        cdef uint64_t start = 0, end = 0
+        cdef int status
         cdef Batch batch
         self.check_mapped()
+        status = self.next_span(deadline_after(timeout), &start, &end)
+        if status == SPAN_TIMEOUT:
+            raise _errors.RingTimeoutError(f"no data within {timeout} s")
+        if status == SPAN_END:
+            return None
+        batch = Batch.__new__(Batch)
+        batch.ring = self
+        batch.start = start
+        batch.end = end
+        batch.span = mds_ring_at(&self.c, start)
+        batch.span_len = end - start
+        self.live_batches += 1
+        return batch
+
+    cdef int next_span(self, uint64_t deadline, uint64_t *start, uint64_t *end) except -1:
+        # The consumer's wait for the next published span holding a record:
+        # SPAN_READY with [start, end) (the cursor moved past it), SPAN_END
+        # once the producer finished and everything was read, SPAN_TIMEOUT at
+        # the deadline (0 = none).  Shared by read() and the native drain loop.
+        cdef mds_error err
+        cdef uint64_t now, slice_ns, pos
+        cdef int rc
+        cdef mds_record rec
         if not self.c.cons.claimed:
             rc = mds_ring_claim_consumer(&self.c, &err)
             if rc != MDS_OK:
                 raise_for(rc, &err)
-        deadline = deadline_after(timeout)
         stalled_since = 0
         while True:
-            rc = mds_ring_poll(&self.c, &start, &end, &err)
+            rc = mds_ring_poll(&self.c, start, end, &err)
             if rc == MDS_OK:
                 pos = 0
-                rc = mds_span_next(mds_ring_at(&self.c, start), end - start, &pos, &rec, &err)
+                rc = mds_span_next(mds_ring_at(&self.c, start[0]), end[0] - start[0], &pos, &rec, &err)
                 if rc < 0:
                     raise_for(rc, &err)
-                mds_ring_advance(&self.c, end)
+                mds_ring_advance(&self.c, end[0])
                 if rc == 0:
                     # Only padding up to the wrap: give it back and read on.
-                    self.release_range(start, end)
+                    self.release_range(start[0], end[0])
                     continue
-                batch = Batch.__new__(Batch)
-                batch.ring = self
-                batch.start = start
-                batch.end = end
-                batch.span = mds_ring_at(&self.c, start)
-                batch.span_len = end - start
-                self.live_batches += 1
-                return batch
+                return SPAN_READY
             if rc == MDS_END:
-                return None
+                start[0] = end[0] = 0
+                return SPAN_END
             if rc != MDS_EMPTY:
                 raise_for(rc, &err)
             now = mds_now_ns()
             if deadline and now >= deadline:
-                raise _errors.RingTimeoutError(f"no data within {timeout} s")
+                return SPAN_TIMEOUT
             # A deferred release holds space; if the producer is waiting for
             # exactly that space, only this consumer can end the wait.
             # (Checked at two moments at least a second apart, so the brief
@@ -427,7 +441,7 @@ cdef class Ring:
                 rc = mds_ring_wait_data(&self.c, slice_ns, &err)
             if rc != MDS_OK:
                 # Data may have been published just before the peer went away.
-                if mds_ring_poll(&self.c, &start, &end, &err) == MDS_OK:
+                if mds_ring_poll(&self.c, start, end, &err) == MDS_OK:
                     continue
                 raise_for(rc, &err)
             PyErr_CheckSignals()

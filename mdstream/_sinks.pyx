@@ -7,14 +7,13 @@ from libc.string cimport memset
 from cpython.buffer cimport PyBUF_WRITABLE
 
 import os
-import secrets
 
 import numpy as np
 cimport numpy as cnp
 
 from mdstream._core cimport *
-from cpython.exc cimport PyErr_CheckSignals
-from mdstream._ring cimport Batch, Ring, raise_for
+from mdstream._ring cimport Batch, Ring, SPAN_END, SPAN_TIMEOUT, raise_for
+from mdstream._private_files import create_private_temp, fsync_directory
 
 cnp.import_array()
 
@@ -160,37 +159,6 @@ cdef class MemorySink:
         self.exports -= 1
 
 
-cdef object _open_private_temp(object path, str suffix):
-    """Create a private (0600) temporary file beside ``path``; never follows symlinks."""
-    path = os.fspath(path)
-    directory, base = os.path.split(os.path.abspath(path))
-    if not base:
-        raise IsADirectoryError(f"{path} names a directory")
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        temp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}{suffix}")
-        try:
-            fd = os.open(temp, flags, 0o600)
-        except FileExistsError:
-            continue
-        os.fchmod(fd, 0o600)
-        return fd, temp, os.path.abspath(path)
-    raise FileExistsError(f"cannot create a temporary file beside {path}")
-
-
-cdef object _fsync_directory(str directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 cdef class FileSink:
     """Reassembles the dump into a file at ``path``.
 
@@ -216,7 +184,7 @@ cdef class FileSink:
         self.fd = -1
 
     def __init__(self, path, *, keep_partial=False, fsync=True):
-        fd, temp, final = _open_private_temp(path, ".mdstream-partial")
+        fd, temp, final = create_private_temp(path, ".mdstream-partial")
         self.fd = fd
         self.temp_path = temp
         self.path = final
@@ -258,7 +226,7 @@ cdef class FileSink:
         self.fd = -1
         os.replace(self.temp_path, self.path)
         if self.durable:
-            _fsync_directory(os.path.dirname(self.path))
+            fsync_directory(os.path.dirname(self.path))
         self.state = "finished"
         return self.path
 
@@ -316,7 +284,7 @@ cdef class TraceSink:
 
     def __init__(self, path, *, keep_on_abort=True):
         cdef mds_error err
-        fd, temp, final = _open_private_temp(path, ".mdtrace-partial")
+        fd, temp, final = create_private_temp(path, ".mdtrace-partial")
         self.fd = fd
         self.temp_path = temp
         self.path = final
@@ -394,9 +362,6 @@ cdef class TraceSink:
 DRAIN_MORE = 0      # budget used up (or nothing arrived within it): call again
 DRAIN_END = 1       # the producer finished and everything was consumed
 
-cdef uint64_t DRAIN_WAIT_SLICE_NS = 50_000_000
-
-
 cdef inline int consume_native(object sink, Batch batch) except -1:
     # Typed calls go through the C vtables: no Python call per batch.
     if type(sink) is MemorySink:
@@ -419,87 +384,60 @@ def drain_ready(Ring ring not None, list sinks, double budget):
     """Consume batches into ``sinks`` for about ``budget`` seconds.
 
     The per-batch loop of :func:`mdstream.drain` for built-in sinks: one batch
-    object reused, typed sink calls, the wait without the GIL.  Returns
-    ``(records, bytes, status)`` with status :data:`DRAIN_MORE` or
-    :data:`DRAIN_END`; raises what :meth:`Ring.read` raises.  Only for a ring
-    with no batch of its own outstanding (``drain`` checks).
+    object reused, typed sink calls, the ring's own wait (``Ring.read``'s,
+    without the GIL).  Returns ``(records, bytes, status)`` with status
+    :data:`DRAIN_MORE` or :data:`DRAIN_END`; raises what :meth:`Ring.read`
+    raises.  Only for a ring with no batch of its own outstanding (``drain``
+    checks).
     """
-    cdef mds_error err
-    cdef uint64_t start = 0, end = 0, pos, now, deadline, slice_ns
+    cdef uint64_t start = 0, end = 0, deadline
     cdef uint64_t records = 0, nbytes = 0
-    cdef mds_record rec
     cdef mds_span_summary s
-    cdef int rc
+    cdef int status
     cdef Batch batch
     ring.check_mapped()
     if ring.live_batches:
         raise ValueError("drain_ready needs a ring with no batch outstanding")
-    if not ring.c.cons.claimed:
-        rc = mds_ring_claim_consumer(&ring.c, &err)
-        if rc != MDS_OK:
-            raise_for(rc, &err)
     deadline = mds_now_ns() + <uint64_t>(budget * 1e9)
-    batch = Batch.__new__(Batch)
+    batch = empty_batch(ring)
+    while True:
+        status = ring.next_span(deadline, &start, &end)
+        if status == SPAN_END:
+            return records, nbytes, DRAIN_END
+        if status == SPAN_TIMEOUT:
+            return records, nbytes, DRAIN_MORE
+        batch.start = start
+        batch.end = end
+        batch.span = mds_ring_at(&ring.c, start)
+        batch.span_len = end - start
+        batch.is_released = False
+        batch.release_requested = False
+        batch.deferred = False
+        batch.has_summary = False
+        batch.index_cache = None
+        ring.live_batches += 1
+        try:
+            for sink in sinks:
+                consume_native(sink, batch)
+            batch.get_summary(&s)
+        finally:
+            batch.release_requested = True
+            if batch.exports:
+                # A sink kept a view: its owner releases this batch; the loop
+                # goes on with a new one.
+                batch.deferred = True
+                ring.deferred_batches += 1
+                batch = empty_batch(ring)
+            else:
+                batch.do_release()
+        records += s.records
+        nbytes += s.bytes
+        if mds_now_ns() >= deadline:
+            return records, nbytes, DRAIN_MORE
+
+
+cdef Batch empty_batch(Ring ring):
+    cdef Batch batch = Batch.__new__(Batch)
     batch.ring = ring
     batch.is_released = True        # holds nothing until filled (its __dealloc__ checks)
-    while True:
-        rc = mds_ring_poll(&ring.c, &start, &end, &err)
-        if rc == MDS_OK:
-            pos = 0
-            rc = mds_span_next(mds_ring_at(&ring.c, start), end - start, &pos, &rec, &err)
-            if rc < 0:
-                raise_for(rc, &err)
-            mds_ring_advance(&ring.c, end)
-            if rc == 0:                       # only padding up to the wrap
-                ring.release_range(start, end)
-                continue
-            batch.start = start
-            batch.end = end
-            batch.span = mds_ring_at(&ring.c, start)
-            batch.span_len = end - start
-            batch.is_released = False
-            batch.release_requested = False
-            batch.deferred = False
-            batch.has_summary = False
-            batch.index_cache = None
-            ring.live_batches += 1
-            try:
-                for sink in sinks:
-                    consume_native(sink, batch)
-                batch.get_summary(&s)
-            finally:
-                if batch.exports:
-                    # A Python sink kept a view: hand it a batch of its own
-                    # from now on and let the view's owner release this one.
-                    batch.release_requested = True
-                    batch.deferred = True
-                    ring.deferred_batches += 1
-                    batch = Batch.__new__(Batch)
-                    batch.ring = ring
-                    batch.is_released = True
-                else:
-                    batch.release_requested = True
-                    batch.do_release()
-            records += s.records
-            nbytes += s.bytes
-            if mds_now_ns() >= deadline:
-                return records, nbytes, DRAIN_MORE
-            continue
-        if rc == MDS_END:
-            return records, nbytes, DRAIN_END
-        if rc != MDS_EMPTY:
-            raise_for(rc, &err)
-        now = mds_now_ns()
-        if now >= deadline:
-            return records, nbytes, DRAIN_MORE
-        slice_ns = deadline - now
-        if slice_ns > DRAIN_WAIT_SLICE_NS:
-            slice_ns = DRAIN_WAIT_SLICE_NS
-        with nogil:
-            rc = mds_ring_wait_data(&ring.c, slice_ns, &err)
-        if rc != MDS_OK:
-            # Data may have been published just before the peer went away.
-            if mds_ring_poll(&ring.c, &start, &end, &err) == MDS_OK:
-                continue
-            raise_for(rc, &err)
-        PyErr_CheckSignals()
+    return batch

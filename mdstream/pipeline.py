@@ -157,6 +157,9 @@ class _DrainState:
     highest_end: int = 0
 
 
+_IDLE: Any = object()  # ring.read() timed out: nothing arrived within POLL_INTERVAL
+
+
 def _register_consumer_output(ring: Ring, sinks: Sequence[Sink]) -> None:
     """Tell a producer that may spill which file holds what this consumer released.
 
@@ -206,6 +209,15 @@ def drain(
     # comes back every POLL_INTERVAL for the timeout, the producer check and
     # progress.
     native = all(native_sink(s) for s in sink_list) and not ring.outstanding_batches
+
+    def check_idle() -> None:
+        """Nothing arrived for POLL_INTERVAL: a failed producer or the caller's timeout ends the drain."""
+        failure = producer_failed() if producer_failed else None
+        if failure is not None:
+            raise failure
+        if timeout is not None and time.perf_counter() - idle_since > timeout:
+            raise errors.RingTimeoutError(f"no data from the producer for {timeout:g} s")
+
     try:
         while True:
             if native:
@@ -214,36 +226,26 @@ def drain(
                 state.bytes += nbytes
                 if status == DRAIN_END:
                     break
-                now = time.perf_counter()
-                if records:
-                    idle_since = now
-                else:
-                    failure = producer_failed() if producer_failed else None
-                    if failure is not None:
-                        raise failure
-                    if timeout is not None and now - idle_since > timeout:
-                        raise errors.RingTimeoutError(f"no data from the producer for {timeout:g} s")
+                if not records:
+                    check_idle()
                     continue
             else:
                 try:
                     batch = ring.read(timeout=POLL_INTERVAL)
                 except errors.RingTimeoutError:
-                    now = time.perf_counter()
-                    failure = producer_failed() if producer_failed else None
-                    if failure is not None:
-                        raise failure
-                    if timeout is not None and now - idle_since > timeout:
-                        raise errors.RingTimeoutError(f"no data from the producer for {timeout:g} s") from None
+                    batch = _IDLE
+                if batch is _IDLE:
+                    check_idle()  # outside the except: its errors do not chain to the poll's timeout
                     continue
                 if batch is None:
                     break
-                idle_since = time.perf_counter()
                 with batch:
                     for sink in sink_list:
                         sink.consume(batch)
                     records, nbytes, _ = batch.summary()
                     state.records += records
                     state.bytes += nbytes
+            idle_since = time.perf_counter()
             if progress is not None:
                 now = time.perf_counter()
                 if now - last_report >= PROGRESS_INTERVAL:

@@ -21,7 +21,6 @@ import errno
 import hashlib
 import mmap
 import os
-import secrets
 import stat
 import struct
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any, Callable, Union
 import numpy as np
 import numpy.typing as npt
 
+from mdstream._private_files import create_private_temp, fsync_directory, temp_name
 from mdstream.errors import MdstreamError, SpillFormatError
 
 __all__ = [
@@ -574,35 +574,13 @@ def inspect(spill_path: PathLike) -> dict[str, Any]:
 
 def _temp_name(directory: str, base: str) -> str:
     """A candidate temporary name beside the output (tests replace this to plant symlinks)."""
-    return os.path.join(directory, f".{base}.{secrets.token_hex(6)}.mdstream-partial")
+    return temp_name(directory, base)
 
 
 def _create_private(final: str) -> tuple[int, str]:
     """A new 0600 file beside ``final``: O_CREAT|O_EXCL|O_NOFOLLOW, so nothing planted there is followed."""
-    directory, base = os.path.split(final)
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        temp = _temp_name(directory, base)
-        try:
-            fd = os.open(temp, flags, 0o600)
-        except FileExistsError:
-            continue
-        os.fchmod(fd, 0o600)  # whatever the umask
-        return fd, temp
-    raise FileExistsError(errno.EEXIST, "cannot create a temporary file beside it", final)
-
-
-def _fsync_directory(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fd, temp, _ = create_private_temp(final, name=_temp_name)
+    return fd, temp
 
 
 class _Output:
@@ -681,7 +659,7 @@ def _write_private(final: str, overwrite: bool, fsync: bool,
         os.unlink(temp)
         raise
     if fsync:
-        _fsync_directory(os.path.dirname(final))
+        fsync_directory(os.path.dirname(final))
     return out, is_minidump, problem
 
 

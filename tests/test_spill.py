@@ -75,6 +75,12 @@ def wait_until(predicate, what: str) -> None:
         time.sleep(0.001)
 
 
+def wait_for_share(callback: mdstream.DumpCallback, sim: Simulation, plan: WritePlan, share: int) -> None:
+    """Until 1/share of the plan's bytes went through the callback; the dump must still be running."""
+    wait_until(lambda: callback.bytes_written >= plan.total_bytes // share or sim.done, f"1/{share} of the dump")
+    assert not sim.done, "the dump ended before the consumer could be stopped or killed"
+
+
 def consumer_process(ring_path: Path, output: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "mdstream.cli", "drain", str(ring_path), "-o", str(output), "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -104,8 +110,7 @@ def test_consumer_killed_halfway_spill_is_the_whole_dump(tmp_path: Path, plan_an
     try:
         callback = mdstream.DumpCallback(ring, deadline=30, spill_path=spill, spill_after=5.0)
         sim = start_simulation(callback, plan)
-        wait_until(lambda: callback.bytes_written >= plan.total_bytes // 2 or sim.done, "half of the dump")
-        assert not sim.done, "the dump ended before the consumer could be killed"
+        wait_for_share(callback, sim, plan, 2)
         consumer.kill()
         sim.wait(HANG_GUARD)
         assert sim.done, "the producer hung after its consumer died"
@@ -138,8 +143,7 @@ def test_stalled_consumer_spills_after_spill_after_and_learns_why(tmp_path: Path
     try:
         callback = mdstream.DumpCallback(ring, deadline=60, spill_path=spill, spill_after=0.5)
         sim = start_simulation(callback, plan)
-        wait_until(lambda: callback.bytes_written >= plan.total_bytes // 4 or sim.done, "a quarter of the dump")
-        assert not sim.done
+        wait_for_share(callback, sim, plan, 4)
         consumer.send_signal(signal.SIGSTOP)
         sim.wait(HANG_GUARD)
         assert sim.done, "the producer waited on a stopped consumer past spill_after"
@@ -324,8 +328,7 @@ def test_spill_without_the_consumers_file_is_finished_over_its_partial_output(tm
     try:
         callback = mdstream.DumpCallback(ring, deadline=30, spill_path=spill, spill_after=5.0)
         sim = start_simulation(callback, plan)
-        wait_until(lambda: callback.bytes_written >= plan.total_bytes // 2 or sim.done, "half of the dump")
-        assert not sim.done
+        wait_for_share(callback, sim, plan, 2)
         consumer.kill()
         sim.wait(HANG_GUARD)
     finally:

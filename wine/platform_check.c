@@ -113,6 +113,21 @@ static DWORD WINAPI consume_once(LPVOID param) {
     return 0;
 }
 
+/* DbgHelp's protocol through the real callback, on this thread. */
+static void run_dump(mds_simulation *sim, mds_callback_context *ctx, const uint8_t *buffer, uint64_t size,
+                     const uint64_t *offsets, const uint32_t *lengths, const uint64_t *sources, uint64_t count) {
+    memset(sim, 0, sizeof *sim);
+    sim->routine = mds_dump_callback;
+    sim->param = ctx;
+    sim->buffer = buffer;
+    sim->buffer_size = size;
+    sim->offsets = offsets;
+    sim->lengths = lengths;
+    sim->sources = sources;
+    sim->count = count;
+    mds_simulation_run(sim);
+}
+
 static int read_whole(const char *path, uint8_t *out, DWORD size, DWORD *got) {
     HANDLE h = CreateFileA(path, GENERIC_READ, FILE_SHARE_READ, NULL, OPEN_EXISTING, 0, NULL);
     BOOL ok;
@@ -169,16 +184,7 @@ static void check_spill(const char *scratch) {
     mds_callback_context_init(&ctx, &producer, &options);
 
     thread = CreateThread(NULL, 0, consume_once, &consumer, 0, NULL);
-    memset(&sim, 0, sizeof sim);
-    sim.routine = mds_dump_callback;
-    sim.param = &ctx;
-    sim.buffer = source;
-    sim.buffer_size = sizeof source;
-    sim.offsets = offsets;
-    sim.lengths = lengths;
-    sim.sources = sources;
-    sim.count = SPILL_WRITES + 1;
-    mds_simulation_run(&sim);
+    run_dump(&sim, &ctx, source, sizeof source, offsets, lengths, sources, SPILL_WRITES + 1);
     WaitForSingleObject(thread, 20000);
     CloseHandle(thread);
     mds_callback_spill_info(&ctx, &info);
@@ -209,16 +215,7 @@ static void check_spill(const char *scratch) {
         rc = mds_ring_create(&again, NULL, 4096, &err);
         if (rc == MDS_OK) {
             ctx.ring = &again;
-            memset(&sim, 0, sizeof sim);
-            sim.routine = mds_dump_callback;
-            sim.param = &ctx;
-            sim.buffer = source;
-            sim.buffer_size = sizeof source;
-            sim.offsets = offsets;
-            sim.lengths = lengths;
-            sim.sources = sources;
-            sim.count = SPILL_WRITES + 1;
-            mds_simulation_run(&sim);
+            run_dump(&sim, &ctx, source, sizeof source, offsets, lengths, sources, SPILL_WRITES + 1);
             ok = !sim.succeeded && (uint32_t)sim.failed_status == 0x8007001Du &&
                  read_whole(spill_path, actual, sizeof actual, &got) && got == SPILL_SIZE &&
                  memcmp(actual, expected, SPILL_SIZE) == 0;

@@ -26,9 +26,6 @@ int mds_platform_map_attach(mds_ring *ring, const char *name, mds_ring_header *h
                             uint64_t *file_size, mds_error *err);
 int mds_platform_map_attach_finish(mds_ring *ring, size_t map_size, mds_error *err);
 void mds_platform_unmap(mds_ring *ring);
-/* Nonzero once a SIGBUS on this ring's mapping was absorbed (the file was
- * shrunk): the faulting page now maps zeros privately. */
-int mds_platform_mapping_faulted(const mds_ring *ring);
 /* File-backed rings: fail (MDS_ERR_CORRUPT) if the file no longer covers the mapping. */
 int mds_platform_check_mapping(mds_ring *ring, mds_error *err);
 int mds_platform_unlink(const char *name, mds_error *err);

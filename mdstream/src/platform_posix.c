@@ -238,10 +238,6 @@ static void guard_unregister(mds_ring *ring) {
     }
 }
 
-int mds_platform_mapping_faulted(const mds_ring *ring) {
-    return ring->fault_flag != NULL && __atomic_load_n(ring->fault_flag, __ATOMIC_ACQUIRE) != 0;
-}
-
 int mds_platform_map_create(mds_ring *ring, const char *name, size_t map_size, mds_error *err) {
     void *base;
     ring->fd = -1;

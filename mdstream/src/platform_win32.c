@@ -826,12 +826,6 @@ int mds_platform_path_is_absolute(const char *path) {
            (path[0] == '\\' && path[1] == '\\');
 }
 
-/* A mapped file cannot be shrunk on Windows (ERROR_USER_MAPPED_FILE): no guard needed. */
-int mds_platform_mapping_faulted(const mds_ring *ring) {
-    (void)ring;
-    return 0;
-}
-
 int mds_platform_file_remove(const char *path) {
     WCHAR wide[MAX_PATH_CHARS];
     mds_error ignored;

@@ -299,7 +299,13 @@ static int faulted_status(const mds_ring *ring, const char *side, mds_error *err
                          "ring file %s was truncated under the %s: its contents since are lost", ring->path, side);
 }
 
-int mds_ring_faulted(const mds_ring *ring) { return ring->header != NULL && mds_platform_mapping_faulted(ring); }
+/* The SIGBUS guard (platform_posix.c) raises the flag; Windows cannot shrink a
+ * mapped file and leaves fault_flag NULL.  One load on the write path. */
+static inline int mapping_faulted(const mds_ring *ring) {
+    return ring->fault_flag != NULL && mds_load_acquire_u32(ring->fault_flag) != 0;
+}
+
+int mds_ring_faulted(const mds_ring *ring) { return ring->header != NULL && mapping_faulted(ring); }
 
 static int abort_status(mds_ring *ring, mds_error *err) {
     int32_t code;
@@ -322,7 +328,7 @@ static int wait_for_space(mds_ring *ring, uint64_t pos, uint64_t need, uint64_t 
         uint64_t read_pos = mds_load_acquire_u64(&h->read_pos);
         uint32_t state, flags, seq;
         uint64_t now;
-        if (mds_platform_mapping_faulted(ring)) return faulted_status(ring, "producer", err);
+        if (mapping_faulted(ring)) return faulted_status(ring, "producer", err);
         if (read_pos > pos || pos - read_pos > ring->capacity)
             return mds_set_error(err, MDS_ERR_CORRUPT, 0, "read position %llu is outside [write-%llu, write %llu]",
                                  (unsigned long long)read_pos, (unsigned long long)ring->capacity,
@@ -424,7 +430,6 @@ static int write_records(mds_ring *ring, uint64_t offset, const void *data, uint
         uint64_t need = total > to_end ? to_end + total : total;
         mds_record_header *rec;
         first = 0;
-        if (mds_platform_mapping_faulted(ring)) return faulted_status(ring, "producer", err);
         if (pos + need - ring->prod.read_cached > ring->capacity) {
             int rc = wait_for_space(ring, pos, need, &deadline_ns, timeout_ns, err);
             if (rc != MDS_OK) return rc;
@@ -453,7 +458,7 @@ static int write_records(mds_ring *ring, uint64_t offset, const void *data, uint
     }
 written:
     /* One load: the SIGBUS guard absorbed a store into a shrunk file. */
-    if (mds_platform_mapping_faulted(ring)) return faulted_status(ring, "producer", err);
+    if (mapping_faulted(ring)) return faulted_status(ring, "producer", err);
     if (ring->prod.wpos - ring->prod.published >= ring->prod.publish_bytes) mds_ring_flush(ring);
     return MDS_OK;
 }
@@ -516,7 +521,7 @@ int mds_ring_poll(mds_ring *ring, uint64_t *start, uint64_t *end, mds_error *err
     uint64_t write_pos;
     /* A file shrunk under us would turn the next access into SIGBUS. */
     if (mds_platform_check_mapping(ring, err) != MDS_OK) return err->status;
-    if (mds_platform_mapping_faulted(ring)) return faulted_status(ring, "consumer", err);
+    if (mapping_faulted(ring)) return faulted_status(ring, "consumer", err);
     write_pos = mds_load_acquire_u64(&h->write_pos);
     uint64_t wrap;
     if (write_pos == cursor) {

@@ -59,10 +59,6 @@ static void append_text(char *dst, size_t size, const char *text) {
     dst[used + n] = '\0';
 }
 
-static uint64_t record_total(uint64_t payload) {
-    return MDS_RING_RECORD_HEADER + ((payload + MDS_RING_RECORD_ALIGN - 1) & ~(uint64_t)(MDS_RING_RECORD_ALIGN - 1));
-}
-
 static int write_header(mds_callback_context *ctx, mds_error *err) {
     mds_spill_state *s = &ctx->spill;
     uint8_t h[M_END];
@@ -148,35 +144,27 @@ static int spill_bytes(mds_callback_context *ctx, uint64_t offset, const void *d
     return add_extent(ctx, offset, length, err);
 }
 
-/* Rewrite every record in [resume, end) of the ring into the spill file.
- * The producer wrote them, but the mapping is shared: check every header. */
+/* Rewrite every record in [resume, end) of the ring into the spill file, as
+ * one or two spans (the wrap splits them), walked with the consumer's own
+ * checked walker: the mapping is shared. */
 static int replay_ring(mds_callback_context *ctx, uint64_t resume, uint64_t end, mds_error *err) {
     mds_ring *ring = ctx->ring;
     mds_spill_state *s = &ctx->spill;
-    uint64_t pos = resume;
-    while (pos < end) {
-        uint64_t index = pos & ring->mask;
-        uint64_t to_end = ring->capacity - index;
-        mds_record_header hdr;
-        uint64_t total;
+    while (resume < end) {
+        uint64_t wrap = (resume | ring->mask) + 1;
+        uint64_t span_end = end < wrap ? end : wrap;
+        const uint8_t *span = mds_ring_at(ring, resume);
+        uint64_t pos = 0;
+        mds_record rec;
         int rc;
-        memcpy(&hdr, ring->data + index, sizeof hdr);
-        if (hdr.kind == MDS_RECORD_PAD) {
-            if ((uint64_t)hdr.length + MDS_RING_RECORD_HEADER != to_end || pos + to_end > end)
-                return mds_set_error(err, MDS_ERR_CORRUPT, 0, "bad padding record at ring position %llu",
-                                     (unsigned long long)pos);
-            pos += to_end;
-            continue;
+        while ((rc = mds_span_next(span, span_end - resume, &pos, &rec, err)) == 1) {
+            rc = spill_bytes(ctx, rec.offset, span + rec.payload_pos, rec.length, err);
+            if (rc != MDS_OK) return rc;
+            s->replayed_records++;
+            s->replayed_bytes += rec.length;
         }
-        total = record_total(hdr.length);
-        if (hdr.kind != MDS_RECORD_DATA || hdr.length > ring->max_payload || total > to_end || total > end - pos)
-            return mds_set_error(err, MDS_ERR_CORRUPT, 0, "bad record at ring position %llu (kind 0x%08x, %u bytes)",
-                                 (unsigned long long)pos, hdr.kind, hdr.length);
-        rc = spill_bytes(ctx, hdr.offset, ring->data + index + MDS_RING_RECORD_HEADER, hdr.length, err);
-        if (rc != MDS_OK) return rc;
-        s->replayed_records++;
-        s->replayed_bytes += hdr.length;
-        pos += total;
+        if (rc < 0) return rc;
+        resume = span_end;
     }
     return MDS_OK;
 }
@@ -212,6 +200,19 @@ static int copy_base(mds_callback_context *ctx) {
      * the dump is a stale copy of its secrets: the spill file holds it now. */
     if (s->trigger == MDS_SPILL_TRIGGER_CONSUMER_GONE) (void)mds_platform_file_remove(path);
     return 1;
+}
+
+/* A spill write failed: say so in the manifest (best effort) and close. */
+static int give_up(mds_callback_context *ctx, int rc, const mds_error *err) {
+    mds_spill_state *s = &ctx->spill;
+    mds_error ignored;
+    s->flags = (s->flags & ~MDS_SPILL_FINISHED) | MDS_SPILL_FAILED;
+    append_text(s->reason, sizeof s->reason, "; spill failed: ");
+    append_text(s->reason, sizeof s->reason, err->message);
+    (void)write_header(ctx, &ignored);
+    s->active = 0;
+    close_files(s);
+    return rc;
 }
 
 int mds_spill_begin(mds_callback_context *ctx, uint32_t trigger, const char *why, mds_error *err) {
@@ -252,15 +253,12 @@ int mds_spill_begin(mds_callback_context *ctx, uint32_t trigger, const char *why
         close_files(s);
         return rc;
     }
-    rc = write_header(ctx, err);
-    if (rc != MDS_OK) goto failed;
+    if ((rc = write_header(ctx, err)) != MDS_OK) return give_up(ctx, rc, err);
 
     /* Nothing of this dump released yet: the spill file alone is the dump. */
     if (resume == s->ring_start_pos || copy_base(ctx)) s->flags |= MDS_SPILL_BASE_COMPLETE;
-    rc = replay_ring(ctx, resume, end, err);
-    if (rc != MDS_OK) goto failed;
-    rc = write_header(ctx, err);
-    if (rc != MDS_OK) goto failed;
+    if ((rc = replay_ring(ctx, resume, end, err)) != MDS_OK) return give_up(ctx, rc, err);
+    if ((rc = write_header(ctx, err)) != MDS_OK) return give_up(ctx, rc, err);
     s->active = 1;
 
     /* Stop the consumer: its records are all in the spill file now. */
@@ -269,17 +267,6 @@ int mds_spill_begin(mds_callback_context *ctx, uint32_t trigger, const char *why
     append_text(reason, sizeof reason, ctx->options.spill_path);
     mds_ring_abort(ring, MDS_ABORT_SPILLED, reason);
     return MDS_OK;
-
-failed:
-    s->flags |= MDS_SPILL_FAILED;
-    append_text(s->reason, sizeof s->reason, "; spill failed: ");
-    append_text(s->reason, sizeof s->reason, err->message);
-    {
-        mds_error ignored;
-        (void)write_header(ctx, &ignored);
-    }
-    close_files(s);
-    return rc;
 }
 
 int mds_spill_write(mds_callback_context *ctx, uint64_t offset, const void *data, uint64_t length, mds_error *err) {
@@ -287,16 +274,7 @@ int mds_spill_write(mds_callback_context *ctx, uint64_t offset, const void *data
     int rc;
     if (!s->active) return mds_set_error(err, MDS_ERR_ARG, 0, "no spill in progress");
     rc = spill_bytes(ctx, offset, data, length, err);
-    if (rc != MDS_OK) {
-        mds_error ignored;
-        s->flags |= MDS_SPILL_FAILED;
-        append_text(s->reason, sizeof s->reason, "; spill failed: ");
-    append_text(s->reason, sizeof s->reason, err->message);
-        (void)write_header(ctx, &ignored);
-        s->active = 0;
-        close_files(s);
-        return rc;
-    }
+    if (rc != MDS_OK) return give_up(ctx, rc, err);
     s->direct_writes++;
     s->direct_bytes += length;
     return MDS_OK;
@@ -307,33 +285,24 @@ int mds_spill_finish(mds_callback_context *ctx, mds_error *err) {
     int rc;
     if (!s->active) return mds_set_error(err, MDS_ERR_ARG, 0, "no spill in progress");
     if (s->pending.length) {
-        if (s->buffered == MDS_SPILL_EXTENT_BUFFER && (rc = flush_extents(ctx, err)) != MDS_OK) goto failed;
+        if (s->buffered == MDS_SPILL_EXTENT_BUFFER && (rc = flush_extents(ctx, err)) != MDS_OK)
+            return give_up(ctx, rc, err);
         s->buffer[s->buffered++] = s->pending;
         s->pending.length = 0;
     }
-    if ((rc = flush_extents(ctx, err)) != MDS_OK) goto failed;
-    /* Bytes past the last spilled write that came from the consumer's part
-     * (or a gap DbgHelp never filled) read as zeros, as in a file DbgHelp
-     * writes itself. */
-    if ((rc = mds_platform_file_extend(s->file, ctx->highest_end, err)) != MDS_OK) goto failed;
-    if ((rc = mds_platform_file_sync(s->file, err)) != MDS_OK) goto failed;
+    if ((rc = flush_extents(ctx, err)) != MDS_OK ||
+        /* Bytes past the last spilled write that came from the consumer's
+         * part (or a gap DbgHelp never filled) read as zeros, as in a file
+         * DbgHelp writes itself. */
+        (rc = mds_platform_file_extend(s->file, ctx->highest_end, err)) != MDS_OK ||
+        (rc = mds_platform_file_sync(s->file, err)) != MDS_OK)
+        return give_up(ctx, rc, err);
     s->flags |= MDS_SPILL_FINISHED;
-    if ((rc = write_header(ctx, err)) != MDS_OK) goto failed;
-    if ((rc = mds_platform_file_sync(s->manifest, err)) != MDS_OK) goto failed;
+    if ((rc = write_header(ctx, err)) != MDS_OK || (rc = mds_platform_file_sync(s->manifest, err)) != MDS_OK)
+        return give_up(ctx, rc, err);
     s->active = 0;
     close_files(s);
     return MDS_OK;
-failed:
-    s->flags = (s->flags & ~MDS_SPILL_FINISHED) | MDS_SPILL_FAILED;
-    append_text(s->reason, sizeof s->reason, "; spill failed: ");
-    append_text(s->reason, sizeof s->reason, err->message);
-    {
-        mds_error ignored;
-        (void)write_header(ctx, &ignored);
-    }
-    s->active = 0;
-    close_files(s);
-    return rc;
 }
 
 void mds_spill_close(mds_callback_context *ctx) {
