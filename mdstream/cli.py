@@ -770,6 +770,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from mdstream import bench
     bench.add_parser(sub)
+
+    from mdstream import cli_reports  # reports list|show|prune, upload
+    cli_reports.add_parsers(sub)
     return parser
 
 

@@ -26,6 +26,19 @@ from mdstream.reports._database import (
     parse_time,
     validate_metadata,
 )
+from mdstream.reports._upload import (
+    COMPRESSIONS,
+    OUTCOMES,
+    PROTOCOLS,
+    PreparedUpload,
+    UploadResult,
+    Uploader,
+    redact_url,
+    sentry_endpoint,
+    upload,
+    upload_in_background,
+    upload_report,
+)
 from mdstream.reports._errors import (
     AmbiguousReportIdError,
     CorruptReportError,
@@ -47,6 +60,17 @@ from mdstream.reports._errors import (
 
 __all__ = [
     "AmbiguousReportIdError",
+    "COMPRESSIONS",
+    "OUTCOMES",
+    "PROTOCOLS",
+    "PreparedUpload",
+    "UploadResult",
+    "Uploader",
+    "redact_url",
+    "sentry_endpoint",
+    "upload",
+    "upload_in_background",
+    "upload_report",
     "CorruptReportError",
     "DATABASE_FORMAT",
     "Database",
