@@ -519,6 +519,14 @@ class Database:
 
     def _load(self, d: _Dirs, name: str) -> Report | Problem | None:
         """The report in ``reports/<name>``; a Problem if it is not sound; None if it vanished."""
+        try:
+            return self._load_unchecked(d, name)
+        except FileNotFoundError:
+            if not os.path.lexists(self.path(REPORTS_DIR, name)):
+                return None  # removed by a concurrent prune while we read it
+            raise
+
+    def _load_unchecked(self, d: _Dirs, name: str) -> Report | Problem | None:
         where = self.path(REPORTS_DIR, name)
         report_id = name if _ID_RE.match(name) else None
         try:
@@ -571,6 +579,8 @@ class Database:
                 elif _is_int(md.get("dump_bytes")) and dst.st_size != md["dump_bytes"]:
                     problems.append(f"{DUMP_NAME} is {dst.st_size:,} bytes; the metadata says {md['dump_bytes']:,}")
             except FileNotFoundError:
+                if not os.path.lexists(where):
+                    return None  # removed (pruned) while we read it
                 problems.append(f"{DUMP_NAME} is missing")
             size = sum(_fs.entry_size(rfd, n) for n in os.listdir(rfd))
             return Report(self.directory, report_id, md, problems=problems, size_on_disk=size, sort_time=sort_time)
