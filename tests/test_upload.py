@@ -252,6 +252,15 @@ def test_retryable_statuses(db, status):
     assert collector.accepted_sha256() == [report.sha256]
 
 
+def test_a_redirect_is_not_followed_and_keeps_the_report_pending(db):
+    report = make_report(db)
+    with Collector("breakpad") as collector:
+        collector.faults.append(("status", 302, {"Location": "http://127.0.0.1:1/elsewhere"}, ""))
+        [result] = reports.upload(db, url=collector.url, sleep=[].append)
+    assert result.outcome == "failed" and result.error == "HTTP 302 Found" and result.attempts == 1
+    assert len(collector.requests) == 1 and db.get(report.id).state == "pending"
+
+
 def test_retries_exhausted_on_5xx_keep_it_pending_with_the_error(db):
     report = make_report(db)
     with Collector("breakpad") as collector:
@@ -424,9 +433,11 @@ def test_upload_in_background_thread_and_process(db):
         thread = reports.upload_in_background(first, url=collector.url)
         thread.join(30)
         assert thread.result.outcome == "uploaded" and thread.error is None
-        proc = reports.upload_in_background(second, process=True, url=collector.url, annotations=["channel"],
+        secret_url = collector.url.replace("http://", "http://user:s3cret@")
+        proc = reports.upload_in_background(second, process=True, url=secret_url, annotations=["channel"],
                                             retries=1)
         assert proc.wait(60) == 0
+        assert "s3cret" not in " ".join(proc.args)  # the options went on stdin, not the command line
         assert collector.accepted[1]["fields"]["channel"] == "beta"
     assert sorted(collector.accepted_sha256()) == sorted([first.sha256, second.sha256])
     assert {r.state for r in db.reports()} == {"uploaded"}

@@ -835,42 +835,6 @@ def upload_report(report: Report, *, dry_run: bool = False, **options: Any) -> U
         return uploader.upload_report(report, dry_run=dry_run)
 
 
-#: Uploader options and the ``mdstream upload`` flags that carry them into a spawned process.
-_CLI_FLAGS = {"url": "--url", "protocol": "--protocol", "dsn": "--dsn", "product": "--product",
-              "version": "--product-version", "guid": "--guid", "compression": "--compress",
-              "max_upload_bytes": "--max-upload-size", "max_dump_bytes": "--max-dump-size", "timeout": "--timeout",
-              "connect_timeout": "--connect-timeout", "retries": "--retries", "backoff_factor": "--backoff",
-              "max_retry_after": "--max-retry-after", "ca_certs": "--ca-certs", "proxy": "--proxy"}
-_CLI_SWITCHES = {"python_tracebacks": "--python-tracebacks", "force": "--force", "retry_rejected": "--retry-rejected"}
-
-
-def _cli_arguments(options: Mapping[str, Any]) -> list[str]:
-    argv: list[str] = []
-    for key, value in options.items():
-        if value is None:
-            continue
-        if key in _CLI_FLAGS:
-            argv += [_CLI_FLAGS[key], str(value)]
-        elif key in _CLI_SWITCHES:
-            if value:
-                argv.append(_CLI_SWITCHES[key])
-        elif key == "annotations":
-            if value == "all":
-                argv.append("--all-annotations")
-            else:
-                for name in value:
-                    argv += ["--annotation", str(name)]
-        elif key == "fields":
-            for name, text in dict(value).items():
-                argv += ["--field", f"{name}={text}"]
-        elif key == "environment":
-            for name in value:
-                argv += ["--env", str(name)]
-        else:
-            raise UploadConfigError(f"option {key!r} cannot be passed to a spawned uploader process")
-    return argv
-
-
 def upload_in_background(report: Report, *, process: bool = False, daemon: bool = True,
                          **options: Any) -> _UploadThread | subprocess.Popen[bytes]:
     """Start uploading one published report without waiting; returns the thread or process.
@@ -878,20 +842,31 @@ def upload_in_background(report: Report, *, process: bool = False, daemon: bool 
     ``process=False``: a thread (``daemon`` by default: it does not hold up
     the interpreter's exit; an upload cut short leaves the report pending).
     Its ``result`` attribute is the :class:`UploadResult` once it ends (or
-    ``error`` the exception).  ``process=True``: a new session running
-    ``python -m mdstream upload DIR --id ID`` that outlives the caller (for a
-    watcher that must not block or a process about to exit).  Never called
+    ``error`` the exception).  ``process=True``: a new Python process in its
+    own session that outlives the caller (for a watcher that must not block,
+    or a process about to exit); it gets the options on stdin, never on its
+    command line, and exits 0 if the report ended uploaded (or was already).  Never called
     for a report that is not on disk: a :class:`PendingReport` is refused.
     """
     if isinstance(report, PendingReport) or not isinstance(report, Report):
         raise ReportStateError("upload_in_background takes a published Report (publish the pending report first)")
     Uploader(**options).close()  # check the options now, in the caller
     if process:
-        argv = [sys.executable, "-m", "mdstream", "upload", report.database, "--id", report.id, "--json",
-                "--quiet", *_cli_arguments(options)]
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-
+        try:
+            payload = json.dumps({"database": report.database, "id": report.id, "options": options})
+        except (TypeError, ValueError) as exc:
+            raise UploadConfigError(f"options for an uploader process must be JSON values: {exc}") from None
+        # The options travel on stdin, not argv: a URL's credentials must not show in ps.
+        proc = subprocess.Popen([sys.executable, "-c", "from mdstream.reports._upload import _background_main; "
+                                                       "raise SystemExit(_background_main())"],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True, close_fds=True)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(payload.encode())
+        finally:
+            proc.stdin.close()
+        return proc
     thread = _UploadThread(report, options, daemon)
     thread.start()
     return thread
@@ -912,3 +887,12 @@ class _UploadThread(threading.Thread):
             self.result = upload_report(self.report, **self.options)
         except BaseException as exc:  # kept for the caller; a background upload must not print a traceback
             self.error = exc
+
+
+def _background_main() -> int:
+    """The process started by ``upload_in_background(process=True)``: options as JSON on stdin."""
+    request = json.loads(sys.stdin.read())
+    db = Database(request["database"], create=False)
+    report = db.get(request["id"])
+    result = upload_report(report, **request["options"])
+    return 0 if result.ok else 1
