@@ -433,8 +433,9 @@ class Database:
         except FileNotFoundError:
             raw = None
         if raw is None:
-            foreign = [n for n in os.listdir(root)
-                       if n not in SUBDIRS and not (n.startswith(f".{MARKER_NAME}.") and _fs.is_temp_name(n))]
+            # Our own names are not foreign: another process may be creating this database right now.
+            foreign = [n for n in os.listdir(root) if n not in SUBDIRS and n != MARKER_NAME
+                       and not (n.startswith(f".{MARKER_NAME}.") and _fs.is_temp_name(n))]
             if foreign:
                 shown = ", ".join(sorted(foreign)[:3]) + (", ..." if len(foreign) > 3 else "")
                 raise NotADatabaseError(f"{self.directory} is not an mdstream crash database (no {MARKER_NAME}, "
