@@ -211,6 +211,36 @@ def test_publish_refuses_a_missing_empty_or_foreign_dump_and_stays_usable(db, tm
     assert secret.read_bytes() == b"MDMP top secret"
 
 
+def publish_with_a_full_disk(out: int, directory: str) -> None:
+    import resource
+
+    db = reports.Database(directory)
+    pending = db.new_report(annotations={"k": "v" * 2000})
+    with open(pending.dump_path, "wb") as f:
+        f.write(fake_dump(4096))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, hard))  # the metadata (> 2 KB) cannot be written: EFBIG
+    try:
+        pending.publish()
+    except OSError as exc:
+        os.write(out, f"refused {exc.errno}\n".encode())
+    assert db.reports() == []
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    os.write(out, f"{pending.publish().id}\n".encode())  # still usable once there is room
+
+
+def test_publish_on_a_full_disk_shows_nothing_and_can_be_retried(db):
+    import errno
+
+    pid, fd = forked(publish_with_a_full_disk, db.directory)
+    lines = read_all(fd).splitlines()
+    assert exit_status(pid) == 0
+    assert lines[0] == f"refused {errno.EFBIG}"
+    [report] = check_sound(db)
+    assert report.id == lines[1] and sorted(os.listdir(report.directory)) == ["metadata.json", "minidump.dmp"]
+
+
 def test_discard_and_context_manager(db):
     pending = db.new_report()
     with open(pending.dump_path, "wb") as f:

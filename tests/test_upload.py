@@ -287,6 +287,15 @@ def test_400_rejects_and_is_not_resent_unless_asked(db):
     assert stored.state == "uploaded" and stored.upload["rejected_reason"]  # the history is kept
 
 
+def test_a_hostile_answer_is_bounded(db):
+    report = make_report(db)
+    with Collector("breakpad") as collector:
+        collector.faults.append(("status", 200, {}, "A" * (4 << 20)))
+        [result] = reports.upload(db, url=collector.url)
+    assert result.outcome == "uploaded" and result.server_crash_id == "A" * 200
+    assert db.get(report.id).upload["server_crash_id"] == "A" * 200
+
+
 def test_a_request_timeout_is_enforced(db):
     make_report(db)
     with Collector("breakpad") as collector:
