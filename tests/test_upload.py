@@ -358,6 +358,27 @@ def test_an_edited_dump_is_not_sent(db):
     assert db.get(report.id).state == "pending"
 
 
+def test_hand_edited_metadata_is_sent_safely_or_not_at_all(db):
+    edited = make_report(db)
+    with open(edited.metadata_path) as f:
+        md = json.load(f)
+    md["annotations"] = {"channel": 7, "ProductName": "Widget"}
+    with open(edited.metadata_path, "w") as f:
+        json.dump(md, f)
+    unchecked = make_report(db)
+    with open(unchecked.metadata_path) as f:
+        md = json.load(f)
+    del md["sha256"]
+    with open(unchecked.metadata_path, "w") as f:
+        json.dump(md, f)
+    with Collector("breakpad") as collector:
+        results = {r.id: r for r in reports.upload(db, url=collector.url, annotations="all")}
+    assert results[edited.id].outcome == "uploaded"
+    assert collector.accepted[0]["fields"] == {"ProductName": "Widget", "Version": "unknown", "guid": db.client_id}
+    assert results[unchecked.id].outcome == "failed" and "no sha256" in results[unchecked.id].error
+    assert len(collector.accepted) == 1
+
+
 # --------------------------------------------------------------------------
 # Privacy, dry run, background uploads
 # --------------------------------------------------------------------------

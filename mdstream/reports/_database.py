@@ -72,6 +72,9 @@ DUMP_NAME = "minidump.dmp"
 METADATA_NAME = "metadata.json"
 REPORTS_DIR, STAGING_DIR, LOCKS_DIR, TRASH_DIR = "reports", "staging", "locks", "trash"
 SUBDIRS = (REPORTS_DIR, STAGING_DIR, LOCKS_DIR, TRASH_DIR)
+#: locks/prune.lock serializes the pruners that enforce limits (they wait for it at most this long).
+PRUNE_LOCK_NAME = "prune.lock"
+PRUNE_LOCK_WAIT = 30.0
 STATES = ("pending", "uploaded", "rejected")
 #: A metadata file larger than this is refused as corrupt (Python tracebacks fit easily).
 MAX_METADATA_BYTES = 16 << 20
@@ -306,8 +309,11 @@ class Report:
 
     @property
     def annotations(self) -> dict[str, str]:
+        """The annotations (only text names and values: a hand-edited other entry is left out)."""
         value = self.metadata.get("annotations")
-        return dict(value) if isinstance(value, dict) else {}
+        if not isinstance(value, dict):
+            return {}
+        return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
 
     @property
     def upload(self) -> dict[str, Any]:
@@ -712,7 +718,14 @@ class Database:
             self._clean_staging(d, result)
             self._clean_locks(d)
             if max_reports is not None or max_bytes is not None:
-                self._enforce_limits(d, max_reports, max_bytes, keep_ids, result)
+                # One pruner at a time counts and removes: two counting at once would both remove the
+                # excess and leave fewer reports than the limits require.
+                fd = _fs.lock_file(d.locks, PRUNE_LOCK_NAME, wait=PRUNE_LOCK_WAIT, dir_path=self.path(LOCKS_DIR),
+                                   what="the database's prune lock")
+                try:
+                    self._enforce_limits(d, max_reports, max_bytes, keep_ids, result)
+                finally:
+                    os.close(fd)
         return result
 
     def _clean_trash(self, d: _Dirs) -> None:

@@ -452,7 +452,7 @@ class Uploader:
     def _selected(self, report: Report) -> list[tuple[str, str]]:
         """The allow-listed annotations, extra fields and named environment variables, in that order."""
         chosen: dict[str, str] = {}
-        for key, value in sorted(report.annotations.items()):
+        for key, value in sorted(report.annotations.items()):  # text only (Report.annotations filters)
             if self.annotations is None or key in self.annotations:
                 chosen[key] = value
         chosen.update(self.fields)
@@ -753,7 +753,10 @@ def _read_dump(report: Report) -> bytes:
     finally:
         os.close(dfd)
     digest = hashlib.sha256(data).hexdigest()
-    if report.sha256 and digest != report.sha256:
+    if not report.sha256:
+        raise CorruptReportError(f"report {report.id} has no sha256 in its metadata: its dump cannot be checked; "
+                                 f"not sent")
+    if digest != report.sha256:
         raise CorruptReportError(f"{where} does not match the sha256 in its metadata (damaged or edited); "
                                  f"not sent")
     if not data.startswith(b"MDMP"):
