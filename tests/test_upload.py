@@ -346,6 +346,26 @@ def test_two_uploader_processes_never_send_a_report_twice(db):
     assert {r.state for r in db.reports()} == {"uploaded"}
 
 
+def test_an_uploader_killed_mid_upload_leaves_the_report_pending(db):
+    import signal
+
+    report = make_report(db, 100_000)
+    with Collector("breakpad") as collector:
+        collector.faults.append(("hang", 3.0))
+        child = subprocess.Popen([sys.executable, "-c", UPLOADER, db.directory, collector.url])
+        deadline = time.monotonic() + 30
+        while not collector.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert collector.requests, "the uploader never reached the collector"
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        stored = db.get(report.id)
+        assert stored.state == "pending" and stored.upload["attempts"] == 0  # nothing recorded, nothing lost
+        [result] = reports.upload(db, url=collector.url)  # its lock died with it
+        assert result.outcome == "uploaded"
+    assert collector.accepted_sha256() == [report.sha256]
+
+
 def test_an_edited_dump_is_not_sent(db):
     report = make_report(db)
     with open(report.dump_path, "r+b") as f:
