@@ -8,9 +8,12 @@
  *   2. on a crash: hand that information to MiniDumpWriteDump with hFile NULL.
  *      DbgHelp calls mds_dump_callback: IoStartCallback (answered S_FALSE, so
  *      every byte goes through the callback), one IoWriteAllCallback per write
- *      (copied into the ring, offset-addressed), IoFinishCallback (the ring is
- *      finished).  The consumer reassembles the dump from the ring;
- *   3. after the writer returns, ctx.failed / ctx.failure_status say what happened.
+ *      (copied into the ring, offset-addressed), IoFinishCallback (the END
+ *      record is written, then the callback waits for the consumer's commit:
+ *      S_OK means the consumer verified the whole dump and made it durable);
+ *   3. after the writer returns, ctx.failed / ctx.failure_status say what
+ *      happened.  Success means the dump is safe: the process may exit.
+ *      A ring carries one dump: make a new ring for the next one.
  *
  * Build (any OS; the C core is shipped inside the Python package):
  *   INC=$(python -c 'import mdstream; print(mdstream.get_include())')
@@ -24,8 +27,8 @@
  *   native_agent [options] RING --pid PID     Windows: MiniDumpWriteDump of process PID
  *   native_agent [options] RING --crash       Windows: install the crash handler, then crash
  * Options:
- *   --create          create RING (a name or a path) instead of attaching to it; after the dump,
- *                     wait until the consumer drained it, then remove it
+ *   --create          create RING (a name or a path) instead of attaching to it (the consumer
+ *                     may start first or later: mdstream drain waits for the ring); removed at the end
  *   --capacity N      ring capacity with --create (default 4 MiB)
  *   --chunk N         largest write of the replay (default 65536)
  *   --deadline S      longest wait of one write for ring space, seconds (default 30)
@@ -93,7 +96,7 @@ static int report(const char *writer, int writer_ok) {
     if (!writer_ok || !g_ctx.finished) {
         fprintf(stderr, "native_agent: %s did not complete the dump (%s)\n", writer,
                 writer_ok ? "no IoFinishCallback: this writer ignores callback I/O" : "the writer failed");
-        if (mds_ring_state(&g_ring) == MDS_STATE_OPEN) mds_ring_abort(&g_ring, (int32_t)MDS_HRESULT_FAIL, "native agent: dump failed");
+        mds_ring_abort(&g_ring, (int32_t)MDS_HRESULT_FAIL, "native agent: dump failed"); /* never COMMITTED: a no-op if committed */
         return 1;
     }
     printf("native_agent: streamed %llu bytes in %llu writes (dump size %llu) into %s\n",
@@ -102,27 +105,8 @@ static int report(const char *writer, int writer_ok) {
     return 0;
 }
 
-/* With --create: the consumer may still be draining; the name must outlive
- * that, the process need not. */
-static void agent_close(double wait_s) {
-    if (g_created) {
-        uint64_t until = mds_now_ns() + (uint64_t)(wait_s * 1e9);
-        while (mds_now_ns() < until) {
-            const mds_ring_header *h = g_ring.header;
-            uint64_t read_pos = mds_load_acquire_u64(&h->read_pos);
-            uint64_t write_pos = mds_load_acquire_u64(&h->write_pos);
-            if (read_pos == write_pos || (mds_load_acquire_u32(&h->flags) & MDS_FLAG_CONSUMER_DETACHED))
-                break;
-#ifdef _WIN32
-            Sleep(5);
-#else
-            {
-                struct timespec ts = {0, 5000000};
-                nanosleep(&ts, NULL);
-            }
-#endif
-        }
-    }
+/* Success already means the consumer committed: nothing to wait for. */
+static void agent_close(void) {
     mds_ring_close(&g_ring);
     if (g_created) mds_ring_unlink(g_ring_name, NULL);
 }
@@ -181,7 +165,7 @@ static LONG WINAPI crash_filter(EXCEPTION_POINTERS *pointers) {
     g_exception.ClientPointers = FALSE;
     SetEvent(g_crash_event);
     WaitForSingleObject(g_done_event, INFINITE);
-    agent_close(30.0);
+    agent_close();
     /* A crashed process does not exit 0, and does not run DLL detach code
      * (ExitProcess would) with its state suspect: terminate. */
     TerminateProcess(GetCurrentProcess(), g_result == 0 ? 3u : 1u);
@@ -304,12 +288,12 @@ int main(int argc, char **argv) {
     } else {
 #ifdef _WIN32
         if (!load_dbghelp()) {
-            agent_close(0);
+            agent_close();
             return 2;
         }
         if (crash) {
             if (!install_crash_handler()) {
-                agent_close(0);
+                agent_close();
                 return 2;
             }
             *g_null = 1; /* the crash; crash_filter takes it from here */
@@ -319,7 +303,7 @@ int main(int argc, char **argv) {
                                          (DWORD)pid);
             if (process == NULL) {
                 fprintf(stderr, "native_agent: cannot open process %lu (error %lu)\n", pid, GetLastError());
-                agent_close(0);
+                agent_close();
                 return 2;
             }
             rc = dump_process(process, (DWORD)pid, NULL);
@@ -327,10 +311,10 @@ int main(int argc, char **argv) {
         }
 #else
         fprintf(stderr, "native_agent: --pid and --crash need Windows' DbgHelp; give a DUMP_FILE to replay\n");
-        agent_close(0);
+        agent_close();
         return 2;
 #endif
     }
-    agent_close(rc == 0 ? deadline : 0);
+    agent_close();
     return rc;
 }

@@ -1,9 +1,12 @@
 /* native_consumer.c - drain an mdstream ring into a file, in C (no Python).
  *
  * The consumer half of docs/embedding.md: claim the consumer role, poll for
- * published records, walk them with mds_span_next (which re-checks every
- * header, so a broken producer cannot make it read out of bounds), apply each
- * record at its offset, release the space, until the producer finishes.
+ * published records, take each span (mds_ring_take checks the BEGIN and END
+ * records and folds every record into the dump's totals), walk it with
+ * mds_span_next (which re-checks every header, so a broken producer cannot
+ * make it read out of bounds), apply each record at its offset, release the
+ * space.  At the end (MDS_END: the END record matched what arrived) make the
+ * output durable, then commit: only now does the producer hear success.
  *
  * Build: cc -std=gnu11 -O2 -I"$INC" examples/native_consumer.c $SRC -pthread -o native_consumer
  * Usage: native_consumer [--create CAPACITY] [--timeout S] RING OUT_FILE
@@ -18,8 +21,10 @@
 #ifdef _WIN32
 #include <io.h>
 #define fseeko _fseeki64
+#define fsync _commit
 typedef long long off_type;
 #else
+#include <unistd.h>
 typedef off_t off_type;
 #endif
 
@@ -70,7 +75,14 @@ int main(int argc, char **argv) {
         mds_record rec;
         rc = mds_ring_poll(&ring, &start, &end, &err);
         if (rc == MDS_END) {
-            status = 0;
+            /* Durable first, then the commit the producer waits for. */
+            if (fflush(out) != 0 || fsync(fileno(out)) != 0) {
+                mds_ring_abort(&ring, (int32_t)0x80070070L, "native consumer: cannot flush the output");
+                snprintf(err.message, sizeof err.message, "cannot flush %s", out_path);
+                break;
+            }
+            rc = mds_ring_commit(&ring, &err);
+            if (rc == MDS_OK) status = 0;
             break;
         }
         if (rc == MDS_EMPTY) {
@@ -85,6 +97,11 @@ int main(int argc, char **argv) {
         }
         if (rc != MDS_OK) break; /* aborted (err.abort_code, reason in err.message) or corrupt */
         idle_since = mds_now_ns();
+        {
+            uint64_t n, b, high;
+            rc = mds_ring_take(&ring, start, end, &n, &b, &high, &err);
+            if (rc != MDS_OK) break;
+        }
         span = mds_ring_at(&ring, start); /* [start, end) never crosses the wrap */
         while ((rc = mds_span_next(span, end - start, &pos, &rec, &err)) == 1) {
             if (apply(out, span + rec.payload_pos, rec.length, rec.offset, &size) != 0) {
@@ -98,8 +115,7 @@ int main(int argc, char **argv) {
             records++;
         }
         if (rc < 0) break;
-        mds_ring_advance(&ring, end);
-        mds_ring_release(&ring, end); /* the producer may reuse the space now */
+        mds_ring_release(&ring, end); /* stored: the producer may reuse the space now */
     }
     if (fclose(out) != 0 && status == 0) status = 1;
     if (status == 0)

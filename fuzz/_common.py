@@ -176,7 +176,7 @@ def write_private(path: str, data: bytes) -> None:
 
 RING_HEADER = 4096
 RING_MAGIC = b"MDSRING1"
-DATA, PAD = 0x52444D01, 0x52444D02
+DATA, PAD, BEGIN, END = 0x52444D01, 0x52444D02, 0x52444D03, 0x52444D04
 
 # name: (offset, struct format)
 FIELDS = {
@@ -190,19 +190,25 @@ FIELDS = {
     "max_payload": (40, "<Q"),
     "creator_pid": (48, "<I"),
     "created_ns": (56, "<Q"),
+    "created_unix_ns": (64, "<Q"),
     "write_pos": (128, "<Q"),
     "producer_waiting": (136, "<I"),
     "data_event": (140, "<I"),
     "producer_token": (144, "<Q"),
     "producer_pid": (152, "<I"),
+    "outcome": (156, "<I"),
     "producer_heartbeat_ns": (160, "<Q"),
     "records_written": (168, "<Q"),
+    "dump_id": (176, "<Q"),
     "read_pos": (256, "<Q"),
     "consumer_waiting": (264, "<I"),
     "space_event": (268, "<I"),
     "consumer_token": (272, "<Q"),
     "consumer_pid": (280, "<I"),
     "consumer_heartbeat_ns": (288, "<Q"),
+    "output_dump_id": (296, "<Q"),
+    "output_device": (304, "<Q"),
+    "output_inode": (312, "<Q"),
     "state": (384, "<I"),
     "abort_code": (388, "<i"),
     "flags": (392, "<I"),

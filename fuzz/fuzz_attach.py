@@ -208,7 +208,7 @@ def seeds() -> dict[str, bytes]:
         ring.flush()
         with open(path, "rb") as f:
             out[f"raw-{cap}-open"] = b"\x00" + f.read()
-        ring.finish()
+        ring.seal()
         with open(path, "rb") as f:
             out[f"raw-{cap}-finished"] = b"\x00" + f.read()
         ring.close()

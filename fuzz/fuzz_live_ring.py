@@ -4,7 +4,7 @@ arbitrary bytes over the data area and the header fields of the mapping it
 shares, interleaved with legitimate writes through a real producer handle.
 
 Each input is a program of operations on one fresh named ring (4 or 8 KiB,
-in a private 0700 directory): legitimate ``write``/``flush``/``finish``/
+in a private 0700 directory): legitimate ``write``/``flush``/``seal``/
 ``abort``/``close`` from an attached producer handle; pokes of any header
 field or of raw bytes / record-shaped bytes anywhere in the data area
 through a separate writable mapping of the file (the hostile producer); and
@@ -33,7 +33,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    BEGIN,
     DATA,
+    END,
     FIELD_NAMES,
     FIELDS,
     PAD,
@@ -130,7 +132,7 @@ class Session:
     def poke_data(self) -> None:
         s = self.src
         at = s.below(self.capacity)
-        kind = s.below(4)
+        kind = s.below(6)
         if kind == 0:
             raw = s.take(s.below(48) + 1)
         else:
@@ -139,6 +141,13 @@ class Session:
                 raw = struct.pack("<QII", s.u64(), s.below(self.capacity + 64), DATA)
             elif kind == 2:
                 raw = struct.pack("<QII", 0, (self.capacity - at - 16 + s.pick([0, 0, -16, 16, 1])) & 0xFFFFFFFF, PAD)
+            elif kind == 4:
+                # A forged BEGIN (a second dump in the ring).
+                raw = struct.pack("<QIIQQQQ", 0, s.pick([32, 31, 48]), BEGIN, s.u64(), 0, 0, 0)
+            elif kind == 5:
+                # A forged END: counts and checksum that may or may not match.
+                raw = struct.pack("<QII6Q", 0, s.pick([48, 47, 64]), END, s.u64(), s.below(64), s.u64() & 0xFFFF,
+                                  s.u64() & 0xFFFF, s.u64(), 0)
             else:
                 raw = struct.pack("<QII", s.u64(), s.u32(), s.u32())
         raw = raw[:self.capacity - at]
@@ -206,7 +215,7 @@ class Session:
             if what == 0:
                 self.producer.flush()
             elif what == 1:
-                self.claiming(self.producer.finish)
+                self.claiming(lambda: self.producer.seal(timeout=0))
             elif what == 2:
                 self.producer.abort(s.u32(), "fuzz producer abort")
             elif what == 3:

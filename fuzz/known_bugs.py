@@ -76,7 +76,7 @@ ALL: dict[str, tuple[str, str]] = {
         from mdstream import MemorySink, Ring
         ring = Ring.create(None, 4096)
         ring.write(0, b"")
-        ring.finish()
+        ring.seal()
         sink = MemorySink()
         for batch in ring:
             sink.consume(batch)

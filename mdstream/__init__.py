@@ -21,7 +21,9 @@ from mdstream.errors import (
     PeerGoneError,
     ProducerGoneError,
     RingAbortedError,
+    OutputPathError,
     RingBusyError,
+    RingClosedError,
     RingCorruptError,
     RingError,
     RingExistsError,
@@ -30,9 +32,10 @@ from mdstream.errors import (
     RingNotFoundError,
     RingPermissionError,
     RingTimeoutError,
+    RingUsedError,
     SpillFormatError,
 )
-from mdstream.pipeline import Progress, Sink, StreamResult, Tee, drain
+from mdstream.pipeline import Progress, Sink, StreamResult, StreamSink, Tee, drain
 from mdstream.simulator import replay
 
 __version__ = "0.1.0"
@@ -47,12 +50,14 @@ __all__ = [
     "MdstreamError",
     "MemorySink",
     "NullSink",
+    "OutputPathError",
     "PeerGoneError",
     "ProducerGoneError",
     "Progress",
     "Ring",
     "RingAbortedError",
     "RingBusyError",
+    "RingClosedError",
     "RingCorruptError",
     "RingError",
     "RingExistsError",
@@ -61,10 +66,12 @@ __all__ = [
     "RingNotFoundError",
     "RingPermissionError",
     "RingTimeoutError",
+    "RingUsedError",
     "Simulation",
     "Sink",
     "SpillFormatError",
     "StreamResult",
+    "StreamSink",
     "Tee",
     "TraceSink",
     "drain",

@@ -52,9 +52,14 @@ cdef class DumpCallback:
 
     Hand :attr:`information_address` (a ``MINIDUMP_CALLBACK_INFORMATION*``) to
     ``MiniDumpWriteDump``.  I/O callbacks never take the GIL: ``IoStartCallback``
-    answers TRUE/S_FALSE, each ``IoWriteAllCallback`` is copied into the ring
-    (TRUE/S_OK, or FALSE with an HRESULT saying why), ``IoFinishCallback``
-    finishes the ring.  Other callback types get the defaults documented in
+    begins the ring's one dump and answers TRUE/S_FALSE, each
+    ``IoWriteAllCallback`` is copied into the ring (TRUE/S_OK, or FALSE with an
+    HRESULT saying why), ``IoFinishCallback`` ends the dump and answers S_OK
+    only once the consumer committed it (or the spill holds all of it); a
+    failed dump aborts the ring.  ``deadline``: the longest any one callback
+    waits (seconds); ``dump_deadline``: the whole dump's budget for waiting on
+    its consumer; ``spill_after``: with ``spill_path``, the total time the dump
+    may wait for its consumer before it spills (default: half the deadline).  Other callback types get the defaults documented in
     ``docs/callback.md``, tuned by the keyword options; ``hook`` (optional) is a
     Python callable ``hook(callback_type, input_address, output_address)`` for
     non-I/O callbacks that returns ``None`` (keep the default) or a bool.
@@ -70,17 +75,13 @@ cdef class DumpCallback:
     def __cinit__(self, Ring ring not None, *, deadline=30.0, include_modules=True, include_threads=True,
                   module_write_flags_mask=0xFFFFFFFF, thread_write_flags_mask=0xFFFFFFFF,
                   read_memory_failure_status=0, is_process_snapshot_status=1, coalesce=True,
-                  publish_bytes=64 * 1024, extra_memory=(), hook=None, spill_path=None, spill_after=None):
+                  publish_bytes=64 * 1024, extra_memory=(), hook=None, spill_path=None, spill_after=None,
+                  dump_deadline=None):
         cdef mds_callback_options options
         ring.check_mapped()
         mds_callback_options_init(&options)
-        if deadline is None:
-            options.deadline_ns = 0
-        else:
-            seconds = float(deadline)
-            if not seconds > 0:
-                raise ValueError(f"deadline must be a positive number of seconds or None, not {deadline!r}")
-            options.deadline_ns = <uint64_t>(seconds * 1e9)
+        options.deadline_ns = _duration_ns("deadline", deadline, allow_none=True)
+        options.dump_deadline_ns = _duration_ns("dump_deadline", dump_deadline, allow_none=True)
         options.include_modules = 1 if include_modules else 0
         options.include_threads = 1 if include_threads else 0
         options.module_write_flags_mask = <ULONG>(int(module_write_flags_mask) & 0xFFFFFFFF)
@@ -106,10 +107,7 @@ cdef class DumpCallback:
         if spill_after is not None:
             if spill_path is None:
                 raise ValueError("spill_after needs a spill_path")
-            seconds = float(spill_after)
-            if not seconds > 0:
-                raise ValueError(f"spill_after must be a positive number of seconds, not {spill_after!r}")
-            options.spill_after_ns = <uint64_t>(seconds * 1e9)
+            options.spill_after_ns = _duration_ns("spill_after", spill_after, allow_none=False)
 
         self.ctx = <mds_callback_context *>malloc(sizeof(mds_callback_context))
         self.info = <MINIDUMP_CALLBACK_INFORMATION *>malloc(sizeof(MINIDUMP_CALLBACK_INFORMATION))
@@ -228,12 +226,21 @@ cdef class DumpCallback:
             self.hook_error = None
             raise error
 
-    def reset(self, *, spill_path=None):
+    def reset(self, *, spill_path=None, ring=None):
         """Clear counters and failure state before reusing the callback for another dump.
 
-        A spill file is never overwritten: after a dump that spilled, pass a new
-        ``spill_path`` for the next one.
+        A ring carries one dump: pass a new ``ring`` for the next one (the
+        callback's dump fails at IoStart on a ring that already carried one).
+        A spill file is never overwritten: after a dump that spilled, pass a
+        new ``spill_path``.
         """
+        cdef Ring new_ring
+        if ring is not None:
+            new_ring = ring
+            new_ring.check_mapped()
+            mds_callback_context_reset(self.ctx)
+            self.ctx.ring = &new_ring.c
+            self.ring = new_ring
         if spill_path is not None:
             _set_spill_path(&self.ctx.options, spill_path)
         mds_callback_context_reset(self.ctx)
@@ -264,6 +271,8 @@ cdef class DumpCallback:
         return {
             "path": path,
             "manifest": path + ".mdspill",
+            "base_copy": path + ".mdspill-base" if info.flags & MDS_SPILL_BASE_COPY else None,
+            "base_length": info.base_length,
             "finished": bool(info.flags & MDS_SPILL_FINISHED),
             "complete": bool(info.flags & MDS_SPILL_FINISHED) and bool(info.flags & MDS_SPILL_BASE_COMPLETE),
             "failed": bool(info.flags & MDS_SPILL_FAILED),
@@ -279,6 +288,29 @@ cdef class DumpCallback:
 
 
 _SPILL_TRIGGERS = {1: "consumer gone", 2: "stalled", 3: "ring unusable"}
+
+
+cdef uint64_t _duration_ns(str name, object value, bint allow_none) except? 0:
+    # Seconds to nanoseconds, never silently 0 (which means "forever") and
+    # never an undefined float conversion.
+    if value is None:
+        if allow_none:
+            return 0
+        raise ValueError(f"{name} must be a number of seconds")
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number of seconds or None, not {value!r}") from None
+    if not seconds > 0 or seconds != seconds:
+        raise ValueError(f"{name} must be a positive number of seconds{' or None' if allow_none else ''}, not {value!r}")
+    if seconds == float("inf"):
+        if allow_none:
+            return 0
+        raise ValueError(f"{name} must be finite")
+    if seconds > 1e9:
+        raise ValueError(f"{name} of {seconds:g} s is absurd (use None for no limit)")
+    ns = <uint64_t>(seconds * 1e9)
+    return ns if ns > 0 else 1
 
 
 cdef int _set_spill_path(mds_callback_options *options, object spill_path) except -1:
@@ -310,7 +342,10 @@ cdef class Simulation:
     ProcessId 0 and ProcessHandle NULL; one ``IoWriteAllCallback`` per write
     (``buffer[sources[i]:sources[i]+lengths[i]]`` to ``offsets[i]``) with fresh
     structures; then ``IoFinishCallback``.  It stops at the first FALSE or
-    unexpected Status.  ``start()`` returns at once; ``wait()`` joins.
+    unexpected Status.  ``abandon=True`` stops after the last write without
+    ``IoFinishCallback`` (a writer that failed); ``time_calls=True`` records
+    the slowest callback (:attr:`longest_call`).  ``start()`` returns at
+    once; ``wait()`` joins.
     """
 
     cdef mds_simulation sim
@@ -321,8 +356,10 @@ cdef class Simulation:
     cdef const uint64_t[::1] sources_view
 
     def __cinit__(self, size_t routine_address, size_t param_address, buffer, offsets, lengths, sources,
-                  *, size_t io_handle=0, keepalive=None):
+                  *, size_t io_handle=0, keepalive=None, abandon=False, time_calls=False):
         memset(&self.sim, 0, sizeof(self.sim))
+        self.sim.abandon = 1 if abandon else 0
+        self.sim.time_calls = 1 if time_calls else 0
         if routine_address == 0:
             raise ValueError("routine_address is NULL")
         buf = np.ascontiguousarray(np.frombuffer(buffer, dtype=np.uint8) if not isinstance(buffer, np.ndarray) else buffer)
@@ -412,6 +449,12 @@ cdef class Simulation:
             "returned": bool(self.sim.failed_return),
             "status": <uint32_t>self.sim.failed_status,
         }
+
+    @property
+    def longest_call(self):
+        """``(seconds, callback_type)`` of the slowest callback (with ``time_calls=True``)."""
+        self._require_done()
+        return self.sim.longest_call_ns / 1e9, self.sim.longest_call_type
 
     @property
     def elapsed(self):

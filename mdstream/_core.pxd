@@ -18,21 +18,43 @@ cdef extern from "mdstream/ring.h" nogil:
     unsigned int MDS_RING_REASON_SIZE
     unsigned int MDS_RECORD_DATA
     unsigned int MDS_RECORD_PAD
+    unsigned int MDS_RECORD_BEGIN
+    unsigned int MDS_RECORD_END
+    unsigned int MDS_BEGIN_PAYLOAD
+    unsigned int MDS_END_PAYLOAD
     unsigned int MDS_STATE_OPEN
     unsigned int MDS_STATE_FINISHED
     unsigned int MDS_STATE_ABORTING
     unsigned int MDS_STATE_ABORTED
+    unsigned int MDS_STATE_COMMITTING
+    unsigned int MDS_STATE_COMMITTED
     unsigned int MDS_FLAG_CONSUMER_DETACHED
     unsigned int MDS_FLAG_PRODUCER_DETACHED
+    unsigned int MDS_FLAG_OUTPUT_RELEASED
+    unsigned int MDS_OUTCOME_PENDING
+    unsigned int MDS_OUTCOME_COMMITTED
+    unsigned int MDS_OUTCOME_SPILLED
+    unsigned int MDS_OUTCOME_FAILED
+    int MDS_ROLE_CREATOR
+    int MDS_ROLE_PRODUCER
+    int MDS_ROLE_CONSUMER
+    int MDS_ALIVE
+    int MDS_GONE
+    int MDS_UNKNOWN
 
     ctypedef struct mds_ring_header:
         char magic[8]
         uint32_t version
         uint64_t capacity
+        uint32_t creator_pid
         uint64_t write_pos
         uint64_t read_pos
         uint32_t producer_pid
         uint32_t consumer_pid
+        uint32_t outcome
+        uint64_t dump_id
+        uint64_t producer_token
+        uint64_t consumer_token
         uint64_t producer_heartbeat_ns
         uint64_t consumer_heartbeat_ns
         uint64_t records_written
@@ -59,6 +81,8 @@ cdef extern from "mdstream/ring.h" nogil:
         MDS_ERR_PERMISSION
         MDS_ERR_EXISTS
         MDS_ERR_NOT_FOUND
+        MDS_ERR_CLOSED
+        MDS_ERR_USED
 
     ctypedef struct mds_error:
         int status
@@ -69,12 +93,22 @@ cdef extern from "mdstream/ring.h" nogil:
     cdef struct mds_ring_producer_state:
         uint64_t wpos
         uint64_t published
+        uint64_t waited_ns
+        uint64_t dump_id
         int claimed
+        int ended
+        int may_spill
 
     cdef struct mds_ring_consumer_state:
         uint64_t cursor
         uint64_t released
+        uint64_t dump_id
+        uint64_t records
+        uint64_t bytes
+        uint64_t highest_end
         int claimed
+        int seen_begin
+        int seen_end
 
     ctypedef struct mds_ring:
         mds_ring_header *header
@@ -87,6 +121,8 @@ cdef extern from "mdstream/ring.h" nogil:
         int is_owner
         char path[512]
         char name[256]
+        uint32_t closing
+        uint32_t active_users
         mds_ring_producer_state prod
         mds_ring_consumer_state cons
 
@@ -96,9 +132,16 @@ cdef extern from "mdstream/ring.h" nogil:
         uint64_t payload_pos
 
     int mds_ring_create(mds_ring *ring, const char *name, uint64_t capacity, mds_error *err)
+    int mds_ring_create_ex(mds_ring *ring, const char *name, uint64_t capacity, int replace_stale, mds_error *err)
     int mds_ring_attach(mds_ring *ring, const char *name, mds_error *err)
+    int mds_ring_shutdown(mds_ring *ring, uint64_t timeout_ns, mds_error *err)
     void mds_ring_close(mds_ring *ring)
     int mds_ring_unlink(const char *name, mds_error *err)
+    int mds_ring_owned_by_this_process(const mds_ring *ring)
+    int mds_ring_begin_use(mds_ring *ring, mds_error *err)
+    void mds_ring_end_use(mds_ring *ring)
+    int mds_ring_role_alive(mds_ring *ring, int role)
+    int mds_ring_probe_stale(const char *name, int *stale, uint32_t *creator_pid, mds_error *err)
     int mds_ring_claim_producer(mds_ring *ring, mds_error *err)
     void mds_ring_set_producer_options(mds_ring *ring, int coalesce, uint64_t publish_bytes)
     int mds_ring_write(mds_ring *ring, uint64_t offset, const void *data, uint64_t length,
@@ -106,14 +149,25 @@ cdef extern from "mdstream/ring.h" nogil:
     int mds_ring_write_timeout(mds_ring *ring, uint64_t offset, const void *data, uint64_t length,
                                uint64_t timeout_ns, mds_error *err)
     void mds_ring_flush(mds_ring *ring)
-    int mds_ring_finish(mds_ring *ring, mds_error *err)
+    int mds_ring_write_bounded(mds_ring *ring, uint64_t offset, const void *data, uint64_t length,
+                               uint64_t deadline_ns, uint64_t timeout_ns, mds_error *err)
+    int mds_ring_end(mds_ring *ring, uint64_t timeout_ns, mds_error *err)
+    int mds_ring_wait_committed(mds_ring *ring, uint64_t deadline_ns, mds_error *err)
+    int mds_ring_finish(mds_ring *ring, uint64_t timeout_ns, mds_error *err)
     int mds_ring_abort(mds_ring *ring, int32_t code, const char *reason)
+    void mds_ring_set_outcome(mds_ring *ring, uint32_t outcome)
     int mds_ring_claim_consumer(mds_ring *ring, mds_error *err)
     int mds_ring_poll(mds_ring *ring, uint64_t *start, uint64_t *end, mds_error *err)
+    int mds_ring_take(mds_ring *ring, uint64_t start, uint64_t end, uint64_t *data_records, uint64_t *data_bytes,
+                      uint64_t *highest_end, mds_error *err)
     void mds_ring_advance(mds_ring *ring, uint64_t new_cursor)
     int mds_ring_wait_data(mds_ring *ring, uint64_t timeout_ns, mds_error *err)
     void mds_ring_release(mds_ring *ring, uint64_t new_read_pos)
     int mds_ring_set_consumer_output(mds_ring *ring, const char *path, mds_error *err)
+    int mds_ring_commit_begin(mds_ring *ring, mds_error *err)
+    int mds_ring_commit(mds_ring *ring, mds_error *err)
+    int mds_ring_wait_output_released(mds_ring *ring, uint64_t timeout_ns)
+    void mds_ring_release_output(mds_ring *ring)
     const uint8_t *mds_ring_at(const mds_ring *ring, uint64_t pos)
     int mds_span_next(const uint8_t *span, uint64_t span_len, uint64_t *pos, mds_record *rec, mds_error *err)
     uint64_t mds_now_ns()
@@ -182,6 +236,7 @@ cdef extern from "mdstream/callback.h" nogil:
         mds_extra_memory_range extra_memory[64]
         char spill_path[1024]
         uint64_t spill_after_ns
+        uint64_t dump_deadline_ns
 
     ctypedef struct mds_callback_context:
         mds_ring *ring
@@ -194,6 +249,7 @@ cdef extern from "mdstream/callback.h" nogil:
         uint64_t calls[22]
         int io_started
         int finished
+        int in_use
         int failed
         HRESULT failure_status
         int failure_ring_status
@@ -207,11 +263,14 @@ cdef extern from "mdstream/callback.h" nogil:
     unsigned int MDS_SPILL_FINISHED
     unsigned int MDS_SPILL_BASE_COMPLETE
     unsigned int MDS_SPILL_FAILED
+    unsigned int MDS_SPILL_BASE_COPY
     ctypedef struct mds_spill_info:
         int spilled
         uint32_t flags
         uint32_t trigger
         uint64_t base_bytes
+        uint64_t base_length
+        uint64_t base_copied
         uint64_t resume_pos
         uint64_t ring_end_pos
         uint64_t replayed_records
@@ -234,6 +293,8 @@ cdef extern from "mdstream/callback.h" nogil:
         const uint32_t *lengths
         const uint64_t *sources
         uint64_t count
+        int abandon
+        int time_calls
         uint64_t completed
         uint32_t done
         int succeeded
@@ -242,6 +303,8 @@ cdef extern from "mdstream/callback.h" nogil:
         BOOL failed_return
         HRESULT failed_status
         uint64_t elapsed_ns
+        uint64_t longest_call_ns
+        ULONG longest_call_type
         int started
 
     ctypedef struct mds_callback_counters:

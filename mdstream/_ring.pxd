@@ -12,11 +12,16 @@ cdef class Ring:
     cdef Py_ssize_t live_batches
     cdef Py_ssize_t live_exports
     cdef Py_ssize_t deferred_batches   # released while views were alive
+    cdef Py_ssize_t users           # Python calls inside the ring (they may wait without the GIL)
+    cdef bint producing             # a thread is inside write()/finish(): a second one is refused
+    cdef bint consuming             # a thread is inside read()/the drain loop: a second one is refused
     cdef object __weakref__
 
     cdef int check_mapped(self) except -1
+    cdef int enter(self, bint produce) except -1
+    cdef void leave(self, bint produce) noexcept
     cdef int release_range(self, uint64_t start, uint64_t end) except -1
-    cdef int next_span(self, uint64_t deadline, uint64_t *start, uint64_t *end) except -1
+    cdef int next_span(self, uint64_t deadline, uint64_t *start, uint64_t *end, mds_span_summary *summary) except -1
 
 
 cdef class Batch:
@@ -47,3 +52,4 @@ cdef enum:
     SPAN_TIMEOUT = 3
 
 cdef int raise_for(int status, const mds_error *err) except -1
+cdef void set_batch_span(Batch batch, uint64_t start, uint64_t end) noexcept

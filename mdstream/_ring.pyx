@@ -22,7 +22,12 @@ DEFAULT_CAPACITY = 4 * 1024 * 1024
 cdef uint64_t WAIT_SLICE_NS = 50_000_000
 
 _STATE_NAMES = {MDS_STATE_OPEN: "open", MDS_STATE_FINISHED: "finished",
-                MDS_STATE_ABORTING: "aborted", MDS_STATE_ABORTED: "aborted"}
+                MDS_STATE_ABORTING: "aborted", MDS_STATE_ABORTED: "aborted",
+                MDS_STATE_COMMITTING: "committing", MDS_STATE_COMMITTED: "committed"}
+_OUTCOME_NAMES = {MDS_OUTCOME_PENDING: None, MDS_OUTCOME_COMMITTED: "committed",
+                  MDS_OUTCOME_SPILLED: "spilled", MDS_OUTCOME_FAILED: "failed"}
+# How long close() waits for other threads to leave the ring.
+DEFAULT_CLOSE_TIMEOUT = 10.0
 
 
 cdef int raise_for(int status, const mds_error *err) except -1:
@@ -51,6 +56,10 @@ cdef int raise_for(int status, const mds_error *err) except -1:
         raise _errors.RingFinishedError(message)
     if status == MDS_ERR_BUSY:
         raise _errors.RingBusyError(message)
+    if status == MDS_ERR_CLOSED:
+        raise _errors.RingClosedError(message)
+    if status == MDS_ERR_USED:
+        raise _errors.RingUsedError(message)
     if status == MDS_ERR_PEER_GONE:
         if "producer" in message:
             raise _errors.ProducerGoneError(message)
@@ -90,12 +99,15 @@ cdef class Ring:
         self.live_batches = 0
         self.live_exports = 0
         self.deferred_batches = 0
+        self.users = 0
+        self.producing = False
+        self.consuming = False
 
     def __init__(self):
         raise TypeError("use Ring.create(...) or Ring.attach(...)")
 
     @staticmethod
-    def create(name_or_path=None, capacity=DEFAULT_CAPACITY, *, unlink_on_close=True):
+    def create(name_or_path=None, capacity=DEFAULT_CAPACITY, *, unlink_on_close=True, replace_stale=False):
         """Create a ring.
 
         ``name_or_path``: ``None`` for an anonymous shared mapping (this process
@@ -104,7 +116,13 @@ cdef class Ring:
         exclusively with mode 0600 and never through a symlink.  ``capacity``
         (bytes of record space) is rounded up to a power of two, at least 4096.
         With ``unlink_on_close`` (the default) the creator removes the name when
-        it closes, so no dump bytes linger in ``/dev/shm``.
+        it closes, so no dump bytes linger in ``/dev/shm``.  A named ring
+        appears under its name only once complete.  ``replace_stale=True``
+        first removes a ring left under the name by processes that are all
+        gone (a creator killed before it could remove it); a ring any live
+        process still holds is never replaced (:class:`RingExistsError`).
+
+        A ring carries exactly one dump (see ``docs/ring-format.md``).
         """
         cdef Ring ring = Ring.__new__(Ring)
         cdef mds_error err
@@ -121,7 +139,7 @@ cdef class Ring:
             if b"\0" in encoded:
                 raise ValueError("ring name contains a NUL byte")
             cname = encoded
-        rc = mds_ring_create(&ring.c, cname, <uint64_t>cap, &err)
+        rc = mds_ring_create_ex(&ring.c, cname, <uint64_t>cap, 1 if replace_stale else 0, &err)
         if rc != MDS_OK:
             raise_for(rc, &err)
         ring.mapped = True
@@ -151,11 +169,12 @@ cdef class Ring:
             raise_for(rc, &err)
         ring.mapped = True
         state = mds_ring_state(&ring.c)
-        if state >= MDS_STATE_ABORTING:
+        if state == MDS_STATE_ABORTING or state == MDS_STATE_ABORTED:
             mds_ring_abort_info(&ring.c, &code, reason, sizeof(reason))
             ring.close()
             raise _errors.aborted_error(<uint32_t>code, reason.decode("utf-8", "replace"))
-        if state == MDS_STATE_FINISHED and ring.c.header.read_pos == ring.c.header.write_pos:
+        if state == MDS_STATE_COMMITTED or (state == MDS_STATE_FINISHED
+                                            and ring.c.header.read_pos == ring.c.header.write_pos):
             path = ring.path
             ring.close()
             raise _errors.RingFinishedError(f"ring {path} was already finished and fully drained")
@@ -163,8 +182,39 @@ cdef class Ring:
 
     cdef int check_mapped(self) except -1:
         if not self.mapped:
-            raise ValueError("the ring is closed")
+            raise _errors.RingClosedError("the ring is closed")
         return 0
+
+    cdef int enter(self, bint produce) except -1:
+        # Every Python call that may wait without the GIL counts itself, so
+        # close() from another thread waits for it instead of unmapping under
+        # it.  One producing and one consuming thread per handle.
+        self.check_mapped()
+        if self.c.closing:
+            raise _errors.RingClosedError("the ring is being closed")
+        if not mds_ring_owned_by_this_process(&self.c):
+            raise _errors.RingClosedError(
+                f"this handle of ring {self.path or '(anonymous)'} was inherited across fork(): roles belong to "
+                "the process that made the handle; attach the ring again in this process")
+        if produce:
+            if self.producing:
+                raise _errors.RingBusyError("another thread is producing through this ring handle; "
+                                            "one producing thread per handle")
+            self.producing = True
+        else:
+            if self.consuming:
+                raise _errors.RingBusyError("another thread is consuming through this ring handle; "
+                                            "one consuming thread per handle")
+            self.consuming = True
+        self.users += 1
+        return 0
+
+    cdef void leave(self, bint produce) noexcept:
+        self.users -= 1
+        if produce:
+            self.producing = False
+        else:
+            self.consuming = False
 
     # ---- properties ---------------------------------------------------
 
@@ -225,6 +275,39 @@ cdef class Ring:
         return self.c.header.consumer_pid
 
     @property
+    def creator_pid(self):
+        self.check_mapped()
+        return self.c.header.creator_pid
+
+    @property
+    def dump_id(self):
+        """The id of the dump this ring carries (from its BEGIN record), or ``None`` before it began."""
+        self.check_mapped()
+        value = self.c.header.dump_id
+        return value or None
+
+    @property
+    def outcome(self):
+        """The producer's last word: ``None`` (pending), ``"committed"``, ``"spilled"`` or ``"failed"``."""
+        self.check_mapped()
+        return _OUTCOME_NAMES.get(self.c.header.outcome, "unknown")
+
+    @property
+    def is_producer(self):
+        """True while this handle holds the producer role."""
+        return self.mapped and bool(self.c.prod.claimed)
+
+    @property
+    def is_consumer(self):
+        """True while this handle holds the consumer role."""
+        return self.mapped and bool(self.c.cons.claimed)
+
+    @property
+    def inherited(self):
+        """True for a handle this process inherited across ``fork()`` (it may only be closed)."""
+        return self.mapped and not mds_ring_owned_by_this_process(&self.c)
+
+    @property
     def outstanding_batches(self):
         """Batches read from this handle and not released yet (deferred ones included)."""
         return self.live_batches
@@ -234,7 +317,10 @@ cdef class Ring:
         """The file the consumer's sink writes released records into, or ``None``.
 
         Set by :func:`mdstream.drain` for a :class:`FileSink`; a producer that
-        has to spill copies this file first so its spill file is the whole dump.
+        has to spill copies this file (after checking it is the regular file
+        this consumer registered for this dump) so its spill holds the whole
+        dump.  Must name a file this process created; published with the dump
+        id before anything of the dump is released.
         """
         cdef char path[1024]
         self.check_mapped()
@@ -260,7 +346,7 @@ cdef class Ring:
         cdef int32_t code
         cdef char reason[256]
         self.check_mapped()
-        if mds_ring_state(&self.c) < MDS_STATE_ABORTING:
+        if mds_ring_state(&self.c) not in (MDS_STATE_ABORTING, MDS_STATE_ABORTED):
             return None
         mds_ring_abort_info(&self.c, &code, reason, sizeof(reason))
         return (<uint32_t>code, reason.decode("utf-8", "replace"))
@@ -275,7 +361,7 @@ cdef class Ring:
         dropping data.  Writes larger than :attr:`max_payload` become several
         records; if such a write fails part-way, the exception's
         ``bytes_written`` says how long a prefix was delivered.  Publishes
-        immediately.
+        immediately.  The first write begins the ring's one dump.
         """
         cdef Py_buffer view
         cdef mds_error err
@@ -293,60 +379,114 @@ cdef class Ring:
         deadline = deadline_after(timeout)
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            ptr = <const uint8_t *>view.buf
-            length = <uint64_t>view.len
-            if off > 0xFFFFFFFFFFFFFFFF - length:
-                raise ValueError(f"offset {offset} + {length} bytes overflows 64 bits")
-            while True:
-                chunk = length - done
-                if chunk > self.c.max_payload:
-                    chunk = self.c.max_payload
-                now = mds_now_ns()
-                slice_deadline = now + WAIT_SLICE_NS
-                if deadline and deadline < slice_deadline:
-                    slice_deadline = deadline
-                with nogil:
-                    rc = mds_ring_write(&self.c, off + done, ptr + done, chunk, slice_deadline, &err)
-                if rc == MDS_ERR_TIMEOUT and (deadline == 0 or mds_now_ns() < deadline):
-                    PyErr_CheckSignals()
-                    continue   # nothing of this chunk was written: retry it
-                if rc != MDS_OK:
-                    try:
-                        raise_for(rc, &err)
-                    except _errors.RingError as exc:
-                        # A write larger than max_payload is several records:
-                        # say how much of it the consumer will see.
-                        exc.bytes_written = done
-                        raise
-                done += chunk
-                if done >= length:
-                    break
+            self.enter(True)
+            try:
+                ptr = <const uint8_t *>view.buf
+                length = <uint64_t>view.len
+                if off > 0xFFFFFFFFFFFFFFFF - length:
+                    raise ValueError(f"offset {offset} + {length} bytes overflows 64 bits")
+                while True:
+                    chunk = length - done
+                    if chunk > self.c.max_payload:
+                        chunk = self.c.max_payload
+                    now = mds_now_ns()
+                    slice_deadline = now + WAIT_SLICE_NS
+                    if deadline and deadline < slice_deadline:
+                        slice_deadline = deadline
+                    with nogil:
+                        rc = mds_ring_write(&self.c, off + done, ptr + done, chunk, slice_deadline, &err)
+                    if rc == MDS_ERR_TIMEOUT and (deadline == 0 or mds_now_ns() < deadline):
+                        PyErr_CheckSignals()
+                        continue   # nothing of this chunk was written: retry it
+                    if rc != MDS_OK:
+                        try:
+                            raise_for(rc, &err)
+                        except _errors.RingError as exc:
+                            # A write larger than max_payload is several records:
+                            # say how much of it the consumer will see.
+                            exc.bytes_written = done
+                            raise
+                    done += chunk
+                    if done >= length:
+                        break
+                mds_ring_flush(&self.c)
+            finally:
+                self.leave(True)
         finally:
             PyBuffer_Release(&view)
-        mds_ring_flush(&self.c)
 
     def flush(self):
         """Publish records written through the C API with lazy publication."""
         self.check_mapped()
         mds_ring_flush(&self.c)
 
-    def finish(self):
-        """The producer is done: the consumer drains what is left, then sees the end."""
+    def seal(self, timeout=None):
+        """The producer's end of the dump: write the END record and mark the ring finished.
+
+        Returns at once; the consumer drains what is left, verifies the END
+        record and commits.  :meth:`finish` also waits for that commit.
+        """
         cdef mds_error err
-        self.check_mapped()
-        rc = mds_ring_finish(&self.c, &err)
+        cdef int rc
+        cdef uint64_t timeout_ns = 0
+        if timeout is not None:
+            timeout_ns = <uint64_t>(max(float(timeout), 0.0) * 1e9) + 1
+        self.enter(True)
+        try:
+            with nogil:
+                rc = mds_ring_end(&self.c, timeout_ns, &err)
+        finally:
+            self.leave(True)
         if rc != MDS_OK:
+            raise_for(rc, &err)
+
+    def finish(self, timeout=None):
+        """The producer is done: seal the dump, then wait until the consumer committed it.
+
+        Returns only once the consumer said, through the ring, that the dump is
+        safe (its sinks finished: fsync and rename done).  Raises
+        :class:`RingAbortedError` if the consumer gave up, :class:`ConsumerGoneError`
+        if it died or detached first, :class:`RingTimeoutError` after
+        ``timeout`` seconds (``None``: wait as long as it takes, interruptible
+        with Ctrl-C).  A thread that consumes the same handle itself must use
+        :meth:`seal` instead (it cannot wait for its own commit).
+        """
+        cdef mds_error err
+        cdef int rc = MDS_OK
+        cdef uint64_t deadline = deadline_after(timeout), slice_deadline, now
+        self.seal(timeout)
+        self.enter(True)
+        try:
+            while True:
+                now = mds_now_ns()
+                slice_deadline = now + WAIT_SLICE_NS
+                if deadline and deadline < slice_deadline:
+                    slice_deadline = deadline
+                with nogil:
+                    rc = mds_ring_wait_committed(&self.c, slice_deadline, &err)
+                if rc == MDS_ERR_TIMEOUT and (deadline == 0 or mds_now_ns() < deadline):
+                    PyErr_CheckSignals()
+                    continue
+                break
+        finally:
+            self.leave(True)
+        if rc != MDS_OK:
+            if self.c.prod.claimed:
+                mds_ring_set_outcome(&self.c, MDS_OUTCOME_FAILED)
             raise_for(rc, &err)
         self.producer_finished = True
 
     def abort(self, code, reason=""):
         """End the ring with an HRESULT-like ``code`` and a ``reason``.
 
-        Either side may abort; the other side then gets :class:`RingAbortedError`
-        carrying both.  The first abort wins; returns ``False`` if the ring was
-        already aborted.
+        Either side may abort (also a finished ring that was not committed yet);
+        the other side then gets :class:`RingAbortedError` carrying both.  The
+        first abort wins; returns ``False`` if the ring was already aborted or
+        committed.
         """
         self.check_mapped()
+        if not mds_ring_owned_by_this_process(&self.c):
+            raise _errors.RingClosedError("this ring handle was inherited across fork(); it may only be closed")
         icode = int(code)
         if not -0x80000000 <= icode <= 0xFFFFFFFF:
             raise ValueError(f"code must fit 32 bits, not {code!r}")
@@ -354,46 +494,95 @@ cdef class Ring:
         if b"\0" in encoded:
             encoded = encoded.replace(b"\0", b" ")
         cdef uint32_t bits = <uint32_t>(icode & 0xFFFFFFFF)
-        return mds_ring_abort(&self.c, <int32_t>bits, encoded) == MDS_OK
+        aborted = mds_ring_abort(&self.c, <int32_t>bits, encoded) == MDS_OK
+        if aborted and self.c.prod.claimed:
+            mds_ring_set_outcome(&self.c, MDS_OUTCOME_FAILED)
+        return aborted
+
+    # ---- the consumer's commit -------------------------------------------
+
+    def begin_commit(self):
+        """The consumer's output is durable (fsynced); it is about to publish it under its final name.
+
+        Call after the last batch (:meth:`read` returned ``None``: the END
+        record was verified).  Raises :class:`RingAbortedError` when the
+        producer gave up meanwhile (its deadline passed): then publish nothing.
+        """
+        cdef mds_error err
+        self.check_mapped()
+        if mds_ring_commit_begin(&self.c, &err) != MDS_OK:
+            raise_for(err.status, &err)
+
+    def commit(self):
+        """The dump is safe under its final name: the producer's ``finish`` (or ``IoFinishCallback``) succeeds now.
+
+        Implies :meth:`begin_commit` for a consumer with nothing to publish.
+        """
+        cdef mds_error err
+        self.check_mapped()
+        if mds_ring_commit(&self.c, &err) != MDS_OK:
+            raise_for(err.status, &err)
+
+    def wait_output_released(self, timeout=60.0):
+        """After a failure: wait until a spilling producer no longer needs :attr:`consumer_output`.
+
+        True when the partial output may be removed now (the producer copied
+        what it needed, will not spill, or is gone); False when ``timeout``
+        passed and it may still be needed.
+        """
+        cdef uint64_t t = <uint64_t>(max(float(timeout), 0.0) * 1e9)
+        cdef int released
+        self.check_mapped()
+        with nogil:
+            released = mds_ring_wait_output_released(&self.c, t)
+        return bool(released)
 
     # ---- consumer -------------------------------------------------------
 
     def read(self, timeout=None):
         """Return the next :class:`Batch` of records, waiting up to ``timeout`` seconds.
 
-        Returns ``None`` once the producer finished and everything was read;
-        raises :class:`RingAbortedError` if the ring was aborted,
-        :class:`ProducerGoneError` if the producer died or detached, and
+        Returns ``None`` once the producer finished and everything was read,
+        the END record included and verified (then :meth:`commit` once what was
+        read is safe); raises :class:`RingAbortedError` if the ring was
+        aborted, :class:`ProducerGoneError` if the producer died or detached,
+        :class:`RingCorruptError` if the stream is not one whole dump (an END
+        that does not match, a second dump, a consumer that joined late), and
         :class:`RingTimeoutError` when ``timeout`` passes with nothing to read.
         Blocking waits sleep (no busy loop) and Ctrl-C interrupts them.
         """
         cdef uint64_t start = 0, end = 0
         cdef int status
         cdef Batch batch
-        self.check_mapped()
-        status = self.next_span(deadline_after(timeout), &start, &end)
+        cdef mds_span_summary summary
+        self.enter(False)
+        try:
+            status = self.next_span(deadline_after(timeout), &start, &end, &summary)
+        finally:
+            self.leave(False)
         if status == SPAN_TIMEOUT:
             raise _errors.RingTimeoutError(f"no data within {timeout} s")
         if status == SPAN_END:
             return None
         batch = Batch.__new__(Batch)
         batch.ring = self
-        batch.start = start
-        batch.end = end
-        batch.span = mds_ring_at(&self.c, start)
-        batch.span_len = end - start
+        set_batch_span(batch, start, end)
+        batch.summary_cache = summary
+        batch.has_summary = True
         self.live_batches += 1
         return batch
 
-    cdef int next_span(self, uint64_t deadline, uint64_t *start, uint64_t *end) except -1:
-        # The consumer's wait for the next published span holding a record:
-        # SPAN_READY with [start, end) (the cursor moved past it), SPAN_END
-        # once the producer finished and everything was read, SPAN_TIMEOUT at
-        # the deadline (0 = none).  Shared by read() and the native drain loop.
+    cdef int next_span(self, uint64_t deadline, uint64_t *start, uint64_t *end,
+                       mds_span_summary *summary) except -1:
+        # The consumer's wait for the next published span holding a DATA
+        # record: SPAN_READY with [start, end) taken (checked, folded into the
+        # dump's totals, the cursor moved past it) and its summary, SPAN_END
+        # once the producer finished and the END record was verified,
+        # SPAN_TIMEOUT at the deadline (0 = none).  Shared by read() and the
+        # native drain loop; callers hold enter(False).
         cdef mds_error err
-        cdef uint64_t now, slice_ns, pos
+        cdef uint64_t now, slice_ns
         cdef int rc
-        cdef mds_record rec
         if not self.c.cons.claimed:
             rc = mds_ring_claim_consumer(&self.c, &err)
             if rc != MDS_OK:
@@ -402,13 +591,12 @@ cdef class Ring:
         while True:
             rc = mds_ring_poll(&self.c, start, end, &err)
             if rc == MDS_OK:
-                pos = 0
-                rc = mds_span_next(mds_ring_at(&self.c, start[0]), end[0] - start[0], &pos, &rec, &err)
-                if rc < 0:
+                rc = mds_ring_take(&self.c, start[0], end[0], &summary.records, &summary.bytes,
+                                   &summary.highest_end, &err)
+                if rc != MDS_OK:
                     raise_for(rc, &err)
-                mds_ring_advance(&self.c, end[0])
-                if rc == 0:
-                    # Only padding up to the wrap: give it back and read on.
+                if summary.records == 0:
+                    # Only framing (BEGIN/END) or padding: give it back and read on.
                     self.release_range(start[0], end[0])
                     continue
                 return SPAN_READY
@@ -471,18 +659,41 @@ cdef class Ring:
 
     # ---- lifecycle ------------------------------------------------------
 
-    def close(self):
+    def close(self, timeout=DEFAULT_CLOSE_TIMEOUT):
         """Unmap the ring and give up this handle's roles.
 
-        Raises :class:`BufferError` while numpy views of its data are alive.  A
-        producer that closes without :meth:`finish` leaves the ring marked so the
+        Other threads blocked in this handle (a read, a write, a dump
+        callback's wait for space) are woken and fail with
+        :class:`RingClosedError`; close waits up to ``timeout`` seconds for
+        them to leave and raises :class:`RingBusyError` if they do not (the
+        handle then stays mapped, and refuses new work).  Raises
+        :class:`BufferError` while numpy views of its data are alive.  A
+        producer that closes without finishing leaves the ring marked so the
         consumer stops waiting; the creator of a named ring removes its name.
+        A handle inherited across ``fork()`` only unmaps.
         """
+        cdef mds_error err
+        cdef int rc
+        cdef uint64_t deadline
         if not self.mapped:
             return
         if self.live_exports:
             raise BufferError(f"{self.live_exports} view(s) of ring data are still alive")
-        path = self.c.name if self.unlink_on_close else None
+        inherited = not mds_ring_owned_by_this_process(&self.c)
+        # Wake and wait out the other users: Python calls (counted here) and
+        # native dump callbacks (counted in C).
+        deadline = mds_now_ns() + <uint64_t>(max(float(timeout), 0.0) * 1e9)
+        with nogil:
+            rc = mds_ring_shutdown(&self.c, 0, &err)
+        while not inherited and (self.users or rc != MDS_OK):
+            if mds_now_ns() >= deadline:
+                users = self.users + self.c.active_users
+                raise _errors.RingBusyError(
+                    f"ring {self.path or '(anonymous)'} is still in use by {users} operation(s) in other threads "
+                    f"after {timeout} s (a dump in progress?); it refuses new work and can be closed again")
+            with nogil:
+                rc = mds_ring_shutdown(&self.c, 2_000_000, &err)
+        path = self.c.name if (self.unlink_on_close and not inherited) else None
         mds_ring_close(&self.c)
         self.mapped = False
         if path:
@@ -505,19 +716,51 @@ cdef class Ring:
         self.close()
 
     def __dealloc__(self):
-        # Batches keep their ring alive, so no view can outlive this mapping.
+        # Batches keep their ring alive, so no view can outlive this mapping;
+        # callers inside a method keep it alive too.
         if self.mapped:
-            name = self.c.name if self.unlink_on_close else None
+            name = self.c.name if (self.unlink_on_close and mds_ring_owned_by_this_process(&self.c)) else None
             mds_ring_close(&self.c)
             self.mapped = False
             if name:
                 mds_ring_unlink(name, NULL)
+
+    @staticmethod
+    def probe_stale(name_or_path):
+        """``(stale, creator_pid)`` for the ring file at ``name_or_path``, without attaching.
+
+        ``stale`` is True for an mdstream ring of this user that no live process
+        holds (creator, producer and consumer all gone).  Raises
+        :class:`RingNotFoundError`, :class:`RingFormatError` (not a ring) or
+        :class:`RingPermissionError` (not this user's regular file).
+        """
+        cdef mds_error err
+        cdef int stale = 0
+        cdef uint32_t creator = 0
+        encoded = os.fsencode(name_or_path)
+        if b"\0" in encoded or not encoded:
+            raise ValueError(f"bad ring name {name_or_path!r}")
+        if mds_ring_probe_stale(encoded, &stale, &creator, &err) != MDS_OK:
+            raise_for(err.status, &err)
+        return bool(stale), creator
 
     def __repr__(self):
         if not self.mapped:
             return "<mdstream.Ring closed>"
         return (f"<mdstream.Ring {self.path or 'anonymous'} capacity={self.capacity} "
                 f"state={self.state} write={self.write_position} read={self.read_position}>")
+
+
+cdef inline void set_batch_span(Batch batch, uint64_t start, uint64_t end) noexcept:
+    # The BEGIN record leads the ring's first span: the batch holds (and
+    # releases) it, but shows only the dump's records.
+    cdef uint64_t shown = start
+    if start == 0:
+        shown = MDS_RING_RECORD_HEADER + MDS_BEGIN_PAYLOAD
+    batch.start = start
+    batch.end = end
+    batch.span = mds_ring_at(&batch.ring.c, shown)
+    batch.span_len = end - shown
 
 
 cdef class Batch:

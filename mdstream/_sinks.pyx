@@ -12,7 +12,7 @@ import numpy as np
 cimport numpy as cnp
 
 from mdstream._core cimport *
-from mdstream._ring cimport Batch, Ring, SPAN_END, SPAN_TIMEOUT, raise_for
+from mdstream._ring cimport Batch, Ring, SPAN_END, SPAN_TIMEOUT, raise_for, set_batch_span
 from mdstream._private_files import create_private_temp, fsync_directory
 
 cnp.import_array()
@@ -210,32 +210,60 @@ cdef class FileSink:
         if s.highest_end > self.highest_end:
             self.highest_end = s.highest_end
 
-    def finish(self):
-        """Size, fsync and rename into place; returns the final path."""
+    def prepare(self):
+        """First half of :meth:`finish`: size the partial file and make it durable (fsync).
+
+        A consumer committing through a ring calls this, then
+        ``Ring.begin_commit()``, then :meth:`publish`.
+        """
         if self.fd < 0:
             raise ValueError(f"FileSink for {self.path} is {self.state}")
+        if self.state == "prepared":
+            return
         try:
-            if os.fstat(self.fd).st_size < self.highest_end:
+            if os.fstat(self.fd).st_size != self.highest_end:
                 os.ftruncate(self.fd, self.highest_end)
             if self.durable:
                 os.fsync(self.fd)
         except OSError as exc:
-            self.abort(exc)
             raise OSError(exc.errno, f"finishing {self.path}: {exc.strerror}") from None
+        self.state = "prepared"
+
+    def publish(self):
+        """Second half of :meth:`finish`: rename the durable partial file into place; returns the final path."""
+        if self.state != "prepared":
+            self.prepare()
         os.close(self.fd)
         self.fd = -1
-        os.replace(self.temp_path, self.path)
+        try:
+            os.replace(self.temp_path, self.path)
+        except OSError as exc:
+            self.state = "open"   # abort() may still remove the partial file
+            raise OSError(exc.errno, f"cannot put the dump in place at {self.path}: {exc.strerror}") from None
         if self.durable:
             fsync_directory(os.path.dirname(self.path))
         self.state = "finished"
         return self.path
+
+    def finish(self):
+        """Size, fsync and rename into place; returns the final path."""
+        self.prepare()
+        return self.publish()
+
+    def detach(self):
+        """Close without removing the partial file (a spilling producer still needs it)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.state in ("open", "prepared"):
+            self.state = "detached"
 
     def abort(self, error=None):
         """Drop the partial file (or keep it as ``PATH.partial`` if asked)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        if self.state != "open":
+        if self.state not in ("open", "prepared"):
             return
         self.state = "aborted"
         try:
@@ -254,7 +282,7 @@ cdef class FileSink:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-            if self.state == "open" and self.temp_path:
+            if self.state in ("open", "prepared") and self.temp_path:
                 try:
                     os.unlink(self.temp_path)
                 except OSError:
@@ -400,40 +428,41 @@ def drain_ready(Ring ring not None, list sinks, double budget):
         raise ValueError("drain_ready needs a ring with no batch outstanding")
     deadline = mds_now_ns() + <uint64_t>(budget * 1e9)
     batch = empty_batch(ring)
-    while True:
-        status = ring.next_span(deadline, &start, &end)
-        if status == SPAN_END:
-            return records, nbytes, DRAIN_END
-        if status == SPAN_TIMEOUT:
-            return records, nbytes, DRAIN_MORE
-        batch.start = start
-        batch.end = end
-        batch.span = mds_ring_at(&ring.c, start)
-        batch.span_len = end - start
-        batch.is_released = False
-        batch.release_requested = False
-        batch.deferred = False
-        batch.has_summary = False
-        batch.index_cache = None
-        ring.live_batches += 1
-        try:
-            for sink in sinks:
-                consume_native(sink, batch)
-            batch.get_summary(&s)
-        finally:
-            batch.release_requested = True
-            if batch.exports:
-                # A sink kept a view: its owner releases this batch; the loop
-                # goes on with a new one.
-                batch.deferred = True
-                ring.deferred_batches += 1
-                batch = empty_batch(ring)
-            else:
-                batch.do_release()
-        records += s.records
-        nbytes += s.bytes
-        if mds_now_ns() >= deadline:
-            return records, nbytes, DRAIN_MORE
+    ring.enter(False)
+    try:
+        while True:
+            status = ring.next_span(deadline, &start, &end, &s)
+            if status == SPAN_END:
+                return records, nbytes, DRAIN_END
+            if status == SPAN_TIMEOUT:
+                return records, nbytes, DRAIN_MORE
+            set_batch_span(batch, start, end)
+            batch.is_released = False
+            batch.release_requested = False
+            batch.deferred = False
+            batch.summary_cache = s
+            batch.has_summary = True
+            batch.index_cache = None
+            ring.live_batches += 1
+            try:
+                for sink in sinks:
+                    consume_native(sink, batch)
+            finally:
+                batch.release_requested = True
+                if batch.exports:
+                    # A sink kept a view: its owner releases this batch; the loop
+                    # goes on with a new one.
+                    batch.deferred = True
+                    ring.deferred_batches += 1
+                    batch = empty_batch(ring)
+                else:
+                    batch.do_release()
+            records += s.records
+            nbytes += s.bytes
+            if mds_now_ns() >= deadline:
+                return records, nbytes, DRAIN_MORE
+    finally:
+        ring.leave(False)
 
 
 cdef Batch empty_batch(Ring ring):

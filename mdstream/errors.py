@@ -19,6 +19,9 @@ __all__ = [
     "RingAbortedError",
     "RingFinishedError",
     "RingBusyError",
+    "RingClosedError",
+    "RingUsedError",
+    "OutputPathError",
     "PeerGoneError",
     "ProducerGoneError",
     "ConsumerGoneError",
@@ -113,7 +116,19 @@ class RingFinishedError(RingError):
 
 
 class RingBusyError(RingError):
-    """The producer or consumer role is already held by another handle."""
+    """The producer or consumer role is already held by another handle (or thread), or the ring is still in use."""
+
+
+class RingClosedError(RingError, ValueError):
+    """The ring handle is closed, being closed by another thread, or was inherited across ``fork()``."""
+
+
+class RingUsedError(RingError):
+    """The ring already carries a dump: a ring carries exactly one; use a new ring."""
+
+
+class OutputPathError(MdstreamError, ValueError):
+    """An output path a sink cannot write: empty, a directory, a symlink, a device or FIFO for a file sink."""
 
 
 class PeerGoneError(RingError):

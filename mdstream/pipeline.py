@@ -19,6 +19,7 @@ from mdstream._sinks import DRAIN_END, FileSink, drain_ready, native_sink
 
 __all__ = [
     "Sink",
+    "StreamSink",
     "Tee",
     "Progress",
     "StreamResult",
@@ -43,6 +44,11 @@ class Sink(Protocol):
     deferred until the view is gone, holding back the producer).
     ``finish()`` is called once when the producer finished cleanly and returns
     the sink's result; ``abort(error)`` when the dump failed.
+
+    A sink that publishes its output under a final name may split ``finish``
+    into ``prepare()`` (make it durable) and ``publish()`` (put it in place,
+    return the result): :func:`drain` then publishes only after the ring
+    confirmed the producer is still waiting for the commit.
     """
 
     def consume(self, batch: Batch) -> None: ...
@@ -65,7 +71,21 @@ class Tee:
             sink.consume(batch)
 
     def finish(self) -> list[Any]:
-        return [sink.finish() for sink in self.sinks]
+        self.prepare()
+        return self.publish()
+
+    def prepare(self) -> None:
+        self._results: list[Any] = []
+        for sink in self.sinks:
+            if _two_phase(sink):
+                sink.prepare()  # type: ignore[attr-defined]
+                self._results.append(None)
+            else:
+                self._results.append(sink.finish())
+
+    def publish(self) -> list[Any]:
+        return [sink.publish() if _two_phase(sink) else result  # type: ignore[attr-defined]
+                for sink, result in zip(self.sinks, self._results)]
 
     def abort(self, error: BaseException) -> None:
         for sink in self.sinks:
@@ -73,6 +93,74 @@ class Tee:
                 sink.abort(error)
             except Exception:
                 pass
+
+
+class StreamSink:
+    """Writes the dump to a stream: standard output (``"-"``), a FIFO or a device.
+
+    A stream cannot seek, so the dump is assembled in memory (a
+    :class:`MemorySink`) and written sequentially once it is complete; an
+    aborted dump writes nothing.  The target is opened only then, never
+    created, truncated or replaced.
+    """
+
+    def __init__(self, target: str | int = "-") -> None:
+        from mdstream._sinks import MemorySink
+
+        if isinstance(target, str) and target != "-":
+            import stat
+
+            try:
+                mode = os.stat(target).st_mode
+            except OSError as exc:
+                raise errors.OutputPathError(f"cannot use {target} as a stream: {exc.strerror}") from None
+            if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                raise errors.OutputPathError(f"{target} is a {'directory' if stat.S_ISDIR(mode) else 'regular file'}, "
+                                             "not a stream: use FileSink")
+        self.target = target
+        self.memory = MemorySink()
+        self.state = "open"
+
+    @property
+    def path(self) -> str:
+        return "<stdout>" if self.target == "-" else str(self.target)
+
+    @property
+    def size(self) -> int:
+        return int(self.memory.size)
+
+    def consume(self, batch: Batch) -> None:
+        self.memory.consume(batch)
+
+    def finish(self) -> str:
+        import sys
+
+        data = memoryview(self.memory)
+        if self.target == "-" or isinstance(self.target, int):
+            fd = 1 if self.target == "-" else int(self.target)
+            if fd == 1:
+                sys.stdout.flush()
+            own = False
+        else:
+            fd = os.open(self.target, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+            own = True
+        try:
+            done = 0
+            while done < len(data):
+                done += os.write(fd, data[done:done + (1 << 20)])
+        finally:
+            data.release()
+            if own:
+                os.close(fd)
+        self.state = "finished"
+        return self.path
+
+    def abort(self, error: BaseException | None = None) -> None:
+        self.state = "aborted"
+
+
+def _two_phase(sink: Any) -> bool:
+    return callable(getattr(sink, "prepare", None)) and callable(getattr(sink, "publish", None))
 
 
 @dataclass(frozen=True)
@@ -160,23 +248,74 @@ class _DrainState:
 _IDLE: Any = object()  # ring.read() timed out: nothing arrived within POLL_INTERVAL
 
 
-def _register_consumer_output(ring: Ring, sinks: Sequence[Sink]) -> None:
+def _register_consumer_output(ring: Ring, sinks: Sequence[Sink]) -> FileSink | None:
     """Tell a producer that may spill which file holds what this consumer released.
 
-    Only a :class:`FileSink` qualifies (its records are on disk before they are
-    released), and only when the ring has no registration yet.
+    Only a :class:`FileSink` qualifies (its records are in the file before they
+    are released).  Returns the registered sink: on failure its partial file is
+    kept until the producer no longer needs it.
     """
     queue = list(sinks)
     while queue:
         sink = queue.pop(0)
         if isinstance(sink, FileSink):
             try:
-                if ring.consumer_output is None:
-                    ring.consumer_output = sink.temp_path
-            except ValueError:  # a path too long for the header: the spill then holds only its own part
-                pass
-            return
+                ring.consumer_output = sink.temp_path
+            except (ValueError, OSError):  # a path too long for the header: the spill then holds only its own part
+                return None
+            return sink
         queue.extend(getattr(sink, "sinks", ()))
+    return None
+
+
+def _fail(ring: Ring, sinks: Sequence[Sink], exc: BaseException, abort_code: int, registered: FileSink | None,
+          output_wait: float) -> None:
+    """The consumer failed: abort the ring it holds, keep what a spilling producer still needs, abort the sinks."""
+    holds = not ring.closed and ring.is_consumer and not ring.inherited
+    if holds and ring.state in ("open", "finished", "committing"):
+        code = getattr(exc, "hresult", None) or abort_code
+        ring.abort(code, f"consumer failed: {type(exc).__name__}: {exc}"[:255])
+    released = True
+    if holds and registered is not None:
+        # The producer may spill and copy our partial file: never remove
+        # what it still needs (it says when it holds its own descriptor).
+        released = ring.wait_output_released(output_wait)
+    for sink in sinks:
+        try:
+            if sink is registered and not released:
+                sink.detach()  # type: ignore[union-attr]
+                _add_note(exc, f"the partial dump stays at {registered.temp_path} for the producer's spill")
+            else:
+                sink.abort(exc)
+        except Exception:
+            pass
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    add = getattr(exc, "add_note", None)
+    if add is not None:
+        add(note)
+
+
+def _commit(ring: Ring, sinks: Sequence[Sink]) -> list[Any]:
+    """Make every sink durable, confirm the producer still waits, publish, commit.
+
+    Two-phase sinks publish their output only after ``begin_commit`` succeeded,
+    so a producer that gave up at its deadline never sees a dump appear later.
+    """
+    results: list[Any] = []
+    for sink in sinks:
+        if _two_phase(sink):
+            sink.prepare()  # type: ignore[attr-defined]
+            results.append(None)
+        else:
+            results.append(sink.finish())
+    ring.begin_commit()
+    for i, sink in enumerate(sinks):
+        if _two_phase(sink):
+            results[i] = sink.publish()  # type: ignore[attr-defined]
+    ring.commit()
+    return results
 
 
 def drain(
@@ -189,18 +328,23 @@ def drain(
     writes: Callable[[], int] | None = None,
     expected_bytes: int | None = None,
     abort_code: int = 0x80004004,
+    output_wait: float = 60.0,
 ) -> StreamResult:
-    """Consume ``ring`` into ``sinks`` until the producer finishes.
+    """Consume ``ring``'s dump into ``sinks`` and commit it.
 
-    ``timeout``: the longest time to wait with no data arriving (``None``:
-    forever, still interruptible).  ``producer_failed`` is polled while idle: a
-    producer in this process that failed without aborting the ring (a dump
-    writer that returned FALSE) ends the drain with its exception.  On any
-    failure the sinks are aborted, the ring is aborted (so the producer stops
-    at once instead of waiting for space) and the exception propagates.
+    Drains until the producer's END record (verified against what arrived),
+    then makes every sink durable, and commits through the ring: only then does
+    the producer's ``finish``/``IoFinishCallback`` succeed.  ``timeout``: the
+    longest time to wait with no data arriving (``None``: forever, still
+    interruptible).  ``producer_failed`` is polled while idle: a producer in
+    this process that failed without aborting the ring ends the drain with its
+    exception.  On any failure the ring is aborted (if this handle is its
+    consumer; a refused role changes nothing), the sinks are aborted and the
+    exception propagates; a registered partial file a spilling producer may
+    still copy is kept until it is released (at most ``output_wait`` seconds).
     """
     sink_list: list[Sink] = list(sinks) if isinstance(sinks, (list, tuple)) else [sinks]  # type: ignore[list-item]
-    _register_consumer_output(ring, sink_list)
+    registered = _register_consumer_output(ring, sink_list)
     state = _DrainState()
     started = time.perf_counter()
     last_report = started
@@ -253,25 +397,12 @@ def drain(
                     progress(Progress(state.bytes, state.records, writes() if writes else state.records,
                                       now - started, expected_bytes))
     except BaseException as exc:
-        if not ring.closed and ring.state == "open":
-            code = getattr(exc, "hresult", None) or abort_code
-            ring.abort(code, f"consumer failed: {type(exc).__name__}: {exc}"[:255])
-        for sink in sink_list:
-            try:
-                sink.abort(exc)
-            except Exception:
-                pass
+        _fail(ring, sink_list, exc, abort_code, registered, output_wait)
         raise
-    outputs = []
     try:
-        for sink in sink_list:
-            outputs.append(sink.finish())
+        outputs = _commit(ring, sink_list)
     except BaseException as exc:
-        for sink in sink_list:
-            try:
-                sink.abort(exc)
-            except Exception:
-                pass
+        _fail(ring, sink_list, exc, abort_code, registered, output_wait)
         raise
     seconds = time.perf_counter() - started
     if progress is not None:
@@ -286,4 +417,5 @@ def drain(
         final_size=final_size,
         outputs=outputs,
         sinks=sink_list,
+        extra={"committed": True, "dump_id": f"{ring.dump_id or 0:016x}"},
     )

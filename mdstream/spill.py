@@ -35,7 +35,9 @@ from mdstream.errors import MdstreamError, SpillFormatError
 __all__ = [
     "BASE_PATH_SIZE",
     "EXTENT_SIZE",
+    "BASE_SUFFIX",
     "FLAG_BASE_COMPLETE",
+    "FLAG_BASE_COPY",
     "FLAG_FAILED",
     "FLAG_FINISHED",
     "HEADER_SIZE",
@@ -62,8 +64,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 Extents = npt.NDArray[np.uint64]
 
 MANIFEST_SUFFIX = ".mdspill"
+BASE_SUFFIX = ".mdspill-base"
 MAGIC = b"MDSPILL1"
-VERSION = 1
+VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 HEADER_SIZE = 4096
 EXTENT_SIZE = 16
 BASE_PATH_SIZE = 1024
@@ -72,8 +76,10 @@ REASON_SIZE = 256
 FLAG_FINISHED = 0x1
 FLAG_BASE_COMPLETE = 0x2
 FLAG_FAILED = 0x4
-_FLAG_NAMES = ((FLAG_FINISHED, "FINISHED"), (FLAG_BASE_COMPLETE, "BASE_COMPLETE"), (FLAG_FAILED, "FAILED"))
-_KNOWN_FLAGS = FLAG_FINISHED | FLAG_BASE_COMPLETE | FLAG_FAILED
+FLAG_BASE_COPY = 0x8
+_FLAG_NAMES = ((FLAG_FINISHED, "FINISHED"), (FLAG_BASE_COMPLETE, "BASE_COMPLETE"), (FLAG_FAILED, "FAILED"),
+               (FLAG_BASE_COPY, "BASE_COPY"))
+_KNOWN_FLAGS = FLAG_FINISHED | FLAG_BASE_COMPLETE | FLAG_FAILED | FLAG_BASE_COPY
 
 #: ``trigger`` values: why the callback stopped using the ring.
 TRIGGERS = {1: "consumer gone", 2: "consumer stalled", 3: "ring aborted"}
@@ -88,7 +94,10 @@ MAX_EXTENTS = 1 << 28
 _FIXED = struct.Struct("<8sIIIIQQQQQQQQQQII")
 _BASE_PATH_AT = _FIXED.size                      # 112
 _REASON_AT = _BASE_PATH_AT + BASE_PATH_SIZE      # 1136
-_ZERO_AT = _REASON_AT + REASON_SIZE              # 1392
+_V2 = struct.Struct("<QQQ")                      # base_length, base_copied, dump_id (version 2)
+_V2_AT = _REASON_AT + REASON_SIZE                # 1392
+_ZERO_AT_V1 = _V2_AT
+_ZERO_AT = _V2_AT + _V2.size                     # 1416
 _U64_MAX = (1 << 64) - 1
 
 #: Copy granularity of :func:`finish` (and its output write buffer).
@@ -154,6 +163,9 @@ class SpillManifest:
     reserved: int = 0
     base_path: str = ""
     reason: str = ""
+    base_length: int = 0
+    base_copied: int = 0
+    dump_id: int = 0
     extents: Extents = field(default_factory=_no_extents)
 
     def __post_init__(self) -> None:
@@ -176,7 +188,7 @@ class SpillManifest:
         return (self.magic, self.version, self.header_size, self.flags, self.trigger, self.dump_size,
                 self.base_bytes, self.resume_pos, self.ring_end_pos, self.replayed_records, self.replayed_bytes,
                 self.direct_writes, self.direct_bytes, self.extent_count, self.spilled_unix_ns, self.producer_pid,
-                self.reserved, self.base_path, self.reason)
+                self.reserved, self.base_path, self.reason, self.base_length, self.base_copied, self.dump_id)
 
     @property
     def finished(self) -> bool:
@@ -185,8 +197,17 @@ class SpillManifest:
 
     @property
     def base_complete(self) -> bool:
-        """The consumer's output was copied into the spill file in full."""
+        """The spill holds the consumer's released part too: nothing was released, or it was copied in full.
+
+        (Version 1: into the spill file itself; version 2: into the base copy
+        ``SPILL.mdspill-base`` when :attr:`has_base_copy`.)
+        """
         return bool(self.flags & FLAG_BASE_COMPLETE)
+
+    @property
+    def has_base_copy(self) -> bool:
+        """Version 2: the producer copied the consumer's part into ``SPILL.mdspill-base``."""
+        return bool(self.flags & FLAG_BASE_COPY)
 
     @property
     def failed(self) -> bool:
@@ -195,7 +216,7 @@ class SpillManifest:
 
     @property
     def complete(self) -> bool:
-        """``finished and base_complete``: the spill file alone is the dump.
+        """``finished and base_complete``: the spill (with its base copy, if any) is the whole dump.
 
         (A FAILED spill is never usable; :func:`finish` checks that separately.)
         """
@@ -238,6 +259,10 @@ class SpillManifest:
             "reserved": self.reserved,
             "base_path": self.base_path,
             "reason": self.reason,
+            "has_base_copy": self.has_base_copy,
+            "base_length": self.base_length,
+            "base_copied": self.base_copied,
+            "dump_id": f"{self.dump_id:016x}",
         }
 
 
@@ -320,24 +345,36 @@ def _parse(read: Callable[[int, int], bytes], size: int, name: str) -> SpillMani
     (magic, version, header_size, flags, trigger, dump_size, base_bytes, resume_pos, ring_end_pos,
      replayed_records, replayed_bytes, direct_writes, direct_bytes, extent_count, spilled_unix_ns,
      producer_pid, reserved) = _FIXED.unpack_from(head, 0)
-    if version != VERSION:
-        raise SpillFormatError(f"{name}: unsupported manifest version {version} (this mdstream reads {VERSION})")
+    if version not in _READABLE_VERSIONS:
+        raise SpillFormatError(f"{name}: unsupported manifest version {version} "
+                               f"(this mdstream reads {', '.join(map(str, _READABLE_VERSIONS))})")
     if header_size != HEADER_SIZE:
         raise SpillFormatError(f"{name}: header_size is {header_size}, expected {HEADER_SIZE}")
     if reserved != 0:
         raise SpillFormatError(f"{name}: reserved field (offset 108) is 0x{reserved:x}, must be 0")
-    if flags & ~_KNOWN_FLAGS:
-        raise SpillFormatError(f"{name}: unknown flags 0x{flags & ~_KNOWN_FLAGS:x} "
-                               f"(known: FINISHED 0x1, BASE_COMPLETE 0x2, FAILED 0x4)")
+    known = _KNOWN_FLAGS if version >= 2 else FLAG_FINISHED | FLAG_BASE_COMPLETE | FLAG_FAILED
+    if flags & ~known:
+        raise SpillFormatError(f"{name}: unknown flags 0x{flags & ~known:x} "
+                               f"(known: FINISHED 0x1, BASE_COMPLETE 0x2, FAILED 0x4"
+                               f"{', BASE_COPY 0x8' if version >= 2 else ''})")
     if trigger not in TRIGGERS:
         raise SpillFormatError(f"{name}: unknown trigger {trigger} "
                                f"(1 consumer gone, 2 consumer stalled, 3 ring aborted)")
     base_path = _c_string(head[_BASE_PATH_AT:_REASON_AT], "base_path", name, path=True)
-    reason = _c_string(head[_REASON_AT:_ZERO_AT], "reason", name)
-    tail = head[_ZERO_AT:HEADER_SIZE]
+    reason = _c_string(head[_REASON_AT:_V2_AT], "reason", name)
+    base_length = base_copied = dump_id = 0
+    zero_at = _ZERO_AT_V1
+    if version >= 2:
+        base_length, base_copied, dump_id = _V2.unpack_from(head, _V2_AT)
+        zero_at = _ZERO_AT
+        if base_copied > base_length:
+            raise SpillFormatError(f"{name}: base_copied {base_copied} exceeds base_length {base_length}")
+        if flags & FLAG_BASE_COPY and flags & FLAG_BASE_COMPLETE and base_copied != base_length:
+            raise SpillFormatError(f"{name}: BASE_COMPLETE with a base copy of {base_copied} of {base_length} bytes")
+    tail = head[zero_at:HEADER_SIZE]
     if tail.count(0) != len(tail):
-        at = _ZERO_AT + next(i for i, b in enumerate(tail) if b)
-        raise SpillFormatError(f"{name}: byte {at} of the zero area [{_ZERO_AT}, {HEADER_SIZE}) is not zero")
+        at = zero_at + next(i for i, b in enumerate(tail) if b)
+        raise SpillFormatError(f"{name}: byte {at} of the zero area [{zero_at}, {HEADER_SIZE}) is not zero")
 
     # The file size bounds the table before anything is allocated.
     room = (size - HEADER_SIZE) // EXTENT_SIZE
@@ -370,7 +407,8 @@ def _parse(read: Callable[[int, int], bytes], size: int, name: str) -> SpillMani
                          ring_end_pos=ring_end_pos, replayed_records=replayed_records,
                          replayed_bytes=replayed_bytes, direct_writes=direct_writes, direct_bytes=direct_bytes,
                          extent_count=extent_count, spilled_unix_ns=spilled_unix_ns, producer_pid=producer_pid,
-                         reserved=reserved, base_path=base_path, reason=reason, extents=extents)
+                         reserved=reserved, base_path=base_path, reason=reason, base_length=base_length,
+                         base_copied=base_copied, dump_id=dump_id, extents=extents)
 
 
 def parse_manifest(data: bytes | bytearray | memoryview, name: str = "<buffer>") -> SpillManifest:
@@ -420,6 +458,11 @@ def pack_manifest(manifest: SpillManifest) -> bytes:
         if len(raw) >= size or b"\0" in raw:
             raise ValueError(f"{field_name} must be at most {size - 1} UTF-8 bytes without NUL, not {len(raw)}")
         head[at:at + len(raw)] = raw
+    if manifest.version >= 2:
+        try:
+            _V2.pack_into(head, _V2_AT, manifest.base_length, manifest.base_copied, manifest.dump_id)
+        except struct.error as exc:
+            raise ValueError(f"a manifest field does not fit: {exc}") from None
     return bytes(head) + manifest.extents.astype("<u8", copy=False).tobytes()
 
 
@@ -561,6 +604,14 @@ def inspect(spill_path: PathLike) -> dict[str, Any]:
         report.update(spill_exists=True, spill_size=size, spill_is_minidump=ok, spill_minidump_problem=why)
         if manifest.complete and size != manifest.dump_size:
             problems.append(f"the spill file is {size} bytes but dump_size is {manifest.dump_size}")
+        if manifest.has_base_copy:
+            try:
+                copy_size = os.lstat(spill + BASE_SUFFIX).st_size
+            except FileNotFoundError:
+                problems.append(f"the base copy {spill + BASE_SUFFIX} is missing")
+            else:
+                if copy_size < manifest.base_copied:
+                    problems.append(f"the base copy is {copy_size} bytes but {manifest.base_copied} were copied")
         if size < covered_end:
             problems.append(f"the spill file is {size} bytes but the extents reach byte {covered_end}")
     report["problems"] = problems
@@ -663,8 +714,32 @@ def _write_private(final: str, overwrite: bool, fsync: bool,
     return out, is_minidump, problem
 
 
+def _remove_consumer_partial(manifest: SpillManifest) -> str | None:
+    """After a complete spill was finished: remove the dead consumer's leftover partial file.
+
+    The producer never deletes a file it did not create; the user finishing the
+    spill asked for the dump, and the leftover is a second copy of its secrets.
+    Only a regular file of this user with one link and the name mdstream gives
+    partial files (``*.mdstream-partial``) is removed.
+    """
+    path = manifest.base_path
+    if not (manifest.has_base_copy and manifest.base_complete and path.endswith(".mdstream-partial")):
+        return None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+        return None
+    try:
+        os.unlink(path)
+    except OSError:
+        return None
+    return path
+
+
 def finish(spill_path: PathLike, output: PathLike, base: PathLike | None = None, *,
-           overwrite: bool = False, fsync: bool = True) -> dict[str, Any]:
+           overwrite: bool = False, fsync: bool = True, clean_partial: bool = True) -> dict[str, Any]:
     """Write the dump a finished spill describes to ``output``; returns a summary.
 
     * The manifest must be FINISHED and not FAILED (else :class:`SpillError`).
@@ -687,7 +762,12 @@ def finish(spill_path: PathLike, output: PathLike, base: PathLike | None = None,
     ``base``, ``base_size``, ``bytes_from_spill``, ``bytes_from_base``,
     ``zero_filled_bytes`` (past the end of ``base`` and in no extent: nobody
     wrote them, a sign the wrong base was given), ``dump_size``,
-    ``extent_count``, ``covered_ranges``.
+    ``extent_count``, ``covered_ranges``, ``removed_partial``.
+
+    Version 2 spills that copied the consumer's part (``SPILL.mdspill-base``)
+    need no ``base``.  With ``clean_partial`` (default), the dead consumer's
+    leftover partial file named in the manifest is removed once the output is
+    in place (see :func:`_remove_consumer_partial`).
     """
     spill, mpath = _paths(spill_path)
     manifest = read_manifest(mpath)
@@ -704,6 +784,10 @@ def finish(spill_path: PathLike, output: PathLike, base: PathLike | None = None,
         hint = f"; the consumer wrote to {manifest.base_path}" if manifest.base_path else ""
         raise SpillError(f"{spill}: the consumer's output was not copied into the spill (no BASE_COMPLETE): "
                          f"give the consumer's partial output with --base PARTIAL (base=...){hint}")
+    # Version 2: the producer's own copy of the consumer's part, beside the spill.
+    use_copy = manifest.base_complete and manifest.has_base_copy
+    if use_copy:
+        base = spill + BASE_SUFFIX
 
     dump_size = manifest.dump_size
     merged = merge_extents(manifest.extents)
@@ -713,7 +797,7 @@ def finish(spill_path: PathLike, output: PathLike, base: PathLike | None = None,
     try:
         spill_size = os.fstat(spill_fd).st_size
         inputs = [os.fstat(spill_fd), os.lstat(mpath)]
-        if manifest.base_complete:
+        if manifest.base_complete and not use_copy:
             if spill_size != dump_size:
                 raise SpillFormatError(f"{spill}: the spill file is {spill_size} bytes but the manifest's "
                                        f"dump_size is {dump_size} (BASE_COMPLETE: it should be the dump)")
@@ -721,9 +805,13 @@ def finish(spill_path: PathLike, output: PathLike, base: PathLike | None = None,
             base_size = None
         else:
             base_name = os.fspath(base or "")
-            base_fd = _open_regular(base_name, "base (the consumer's partial output)", follow=True)
+            base_fd = _open_regular(base_name, "the spill's base copy" if use_copy
+                                    else "base (the consumer's partial output)", follow=not use_copy)
             inputs.append(os.fstat(base_fd))
             base_size = inputs[-1].st_size
+            if use_copy and base_size != manifest.base_length:
+                raise SpillFormatError(f"{base_name}: the base copy is {base_size} bytes but the manifest says "
+                                       f"{manifest.base_length}")
             end = int(merged[-1, 1]) if merged.shape[0] else 0
             if spill_size < end:
                 raise SpillFormatError(f"{spill}: the spill file is {spill_size} bytes but the extents reach "
@@ -740,7 +828,7 @@ def finish(spill_path: PathLike, output: PathLike, base: PathLike | None = None,
             counts["zero"] += stop - start - have
 
         def fill(out: _Output) -> None:
-            if manifest.base_complete:
+            if manifest.base_complete and not use_copy:
                 out.copy(spill_fd, 0, dump_size, spill)
                 counts["spill"] = dump_size
                 return
@@ -757,14 +845,16 @@ def finish(spill_path: PathLike, output: PathLike, base: PathLike | None = None,
         os.close(spill_fd)
         if base_fd >= 0:
             os.close(base_fd)
+    removed = _remove_consumer_partial(manifest) if clean_partial else None
     return {
+        "removed_partial": removed,
         "output": final,
         "size": out.size,
         "mode": f"{out.mode:04o}",
         "sha256": out.sha256.hexdigest(),
         "is_minidump": is_minidump,
         "minidump_problem": problem,
-        "method": "copy" if manifest.base_complete else "overlay",
+        "method": "copy" if manifest.base_complete and not use_copy else "overlay",
         "spill": os.path.abspath(spill),
         "base": None if base_name is None else os.path.abspath(base_name),
         "base_size": base_size,

@@ -460,19 +460,10 @@ def _write_dump(
         if sinks is None:
             result = _wait_only(worker, done, ring, callback, producer_failed, timeout, started)
         else:
-            def writer_succeeded() -> None:
-                # The ring ended; before any sink commits (FileSink renames
-                # into place), DbgHelp must have returned TRUE.
-                done.wait()
-                failure = producer_failed()
-                if failure is not None:
-                    raise failure
-
-            gate = _Gate(sinks, writer_succeeded)
-            result = drain(ring, [gate], timeout=timeout, progress=progress, producer_failed=producer_failed,
+            # The ring's transaction orders it: the sinks publish, drain
+            # commits, and only then does IoFinishCallback answer S_OK.
+            result = drain(ring, sinks, timeout=timeout, progress=progress, producer_failed=producer_failed,
                            writes=lambda: callback.writes)
-            result.outputs = result.outputs[0]
-            result.sinks = list(sinks)
         worker.join()
         worker = None
         failure = producer_failed()
@@ -493,29 +484,6 @@ def _write_dump(
             api.close_handle(handle)
         DBGHELP_LOCK.release()
         del keepalive
-
-
-class _Gate:
-    """Feeds every sink; ``finish`` commits them only once ``check`` passed (DbgHelp returned TRUE)."""
-
-    def __init__(self, sinks: list[Any], check: Callable[[], None]) -> None:
-        self.sinks = sinks
-        self.check = check
-
-    def consume(self, batch: Any) -> None:
-        for sink in self.sinks:
-            sink.consume(batch)
-
-    def finish(self) -> list[Any]:
-        self.check()
-        return [sink.finish() for sink in self.sinks]
-
-    def abort(self, error: BaseException) -> None:
-        for sink in self.sinks:
-            try:
-                sink.abort(error)
-            except Exception:
-                pass
 
 
 def _wait_only(worker: threading.Thread, done: threading.Event, ring: Any, callback: Any,

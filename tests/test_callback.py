@@ -54,7 +54,29 @@ def drain_memory(ring):
     while (batch := ring.read(timeout=5)) is not None:
         with batch:
             sink.consume(batch)
+    ring.commit()
     return sink.tobytes()
+
+
+class Consumer(threading.Thread):
+    """drain_memory on a thread: IoFinishCallback answers only once the dump is committed."""
+
+    def __init__(self, ring):
+        super().__init__(daemon=True)
+        self.ring, self.data, self.error = ring, None, None
+        self.start()
+
+    def run(self):
+        try:
+            self.data = drain_memory(self.ring)
+        except BaseException as exc:  # reported by result()
+            self.error = exc
+
+    def result(self):
+        self.join(30)
+        if self.error is not None:
+            raise self.error
+        return self.data
 
 
 def test_information_structure_points_at_routine_and_context():
@@ -75,6 +97,7 @@ def test_io_protocol_through_the_raw_abi():
     assert answer == 1 and out.Status == S_FALSE
     answer, out = call(routine, param, CT.IoStartCallback, S_OK)  # whatever was preset
     assert answer == 1 and out.Status == S_FALSE
+    consumer = Consumer(ring)
 
     pieces = [(32, b"B" * 100), (0, b"MDMP" + b"\0" * 28), (500, b""), (132, b"C" * 50), (10, b"patched")]
     keep = []
@@ -90,7 +113,7 @@ def test_io_protocol_through_the_raw_abi():
     expected = bytearray(500)
     for offset, data in pieces:
         expected[offset:offset + len(data)] = data
-    assert drain_memory(ring) == bytes(expected)
+    assert consumer.result() == bytes(expected)
     counters = callback.counters
     assert counters["writes"] == 5 and counters["bytes"] == sum(len(d) for _, d in pieces)
     assert counters["highest_end"] == 500

@@ -56,7 +56,7 @@ def test_drain_ready_returns_when_idle_and_at_the_end() -> None:
     assert time.monotonic() - t0 < 5  # a hang guard, not a speed claim
     ring.write(10, b"abc")
     ring.write(0, b"0123456789")
-    ring.finish()
+    ring.seal()
     records, nbytes, status = drain_ready(ring, [sink], 5.0)
     assert (nbytes, status) == (13, DRAIN_END) and records >= 1
     assert sink.tobytes() == b"0123456789abc"
@@ -71,7 +71,7 @@ def test_drain_ready_refuses_a_ring_with_a_batch_outstanding_and_drain_falls_bac
     with pytest.raises(ValueError, match="outstanding"):
         drain_ready(ring, [mdstream.MemorySink()], 0.01)
     ring.write(5, b"second")
-    ring.finish()
+    ring.seal()
     sink = mdstream.MemorySink()
     mdstream.drain(ring, [sink])  # the Python loop, which can release out of order
     held.release()

@@ -231,7 +231,11 @@ PROBE = textwrap.dedent(
         cin.Io.Buffer = <void *>data
         cin.Io.BufferBytes = length
         cout.Status = E_NOTIMPL
-        cdef BOOL ok = mds_dump_callback(ctx, &cin, &cout)
+        cdef BOOL ok
+        # Without the GIL: IoFinishCallback waits for the consumer's commit,
+        # and that consumer is a Python thread of this process.
+        with nogil:
+            ok = mds_dump_callback(ctx, &cin, &cout)
         if not ok or cout.Status != want:
             raise RuntimeError(f"callback type {kind}: returned {ok}, Status {cout.Status:#x}: "
                                f"{ctx.failure_reason.decode()}")

@@ -147,7 +147,7 @@ def ring_cycle(kind: str, i: int, where: Path) -> None:
     else:
         with ring.read(timeout=1) as batch:
             len(batch.offsets)
-    ring.finish()
+    ring.seal()
     ring.close()
 
 
@@ -209,6 +209,7 @@ def test_repeated_dumps_into_memory_sinks_stay_flat():
         sim.start()
         for batch in ring:
             sink.consume(batch)
+        ring.commit()
         assert sim.wait(60) and sim.succeeded
         size = sink.size
         assert sink.array[-16:].tobytes() == buffer.tobytes()

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import mdstream
+import mdstream.spill
 from mdstream import errors
 from mdstream._callback import Simulation
 from mdstream.schedules import WritePlan, sized_plan
@@ -65,6 +66,16 @@ def start_simulation(callback: mdstream.DumpCallback, plan: WritePlan) -> Simula
     callback.reset()
     sim.start()
     return sim
+
+
+def finished_digest(spill: Path, tmp_path: Path) -> str:
+    """sha256 of the dump `mdstream spill finish` makes of a complete spill (with its base copy)."""
+    out = tmp_path / f"finished-{spill.name}"
+    mdstream.spill.finish(spill, out)
+    try:
+        return sha256_of(out)
+    finally:
+        out.unlink()
 
 
 def wait_until(predicate, what: str) -> None:
@@ -120,16 +131,22 @@ def test_consumer_killed_halfway_spill_is_the_whole_dump(tmp_path: Path, plan_an
     info = callback.spill
     assert info is not None and info["trigger"] == "consumer gone"
     assert info["finished"] and info["complete"] and not info["failed"], info
-    assert 0 < info["base_bytes"] < plan.total_bytes  # the consumer's half came from its file
+    assert 0 < info["base_bytes"] == info["base_length"] < plan.total_bytes  # the consumer's half, from its file
     assert info["direct_writes"] > 0
-    assert sha256_of(spill) == expected
     assert spill.stat().st_size == plan.apply().size
-    for path in (spill, Path(str(spill) + ".mdspill")):
+    for path in (spill, Path(str(spill) + ".mdspill"), Path(str(spill) + ".mdspill-base")):
         assert path.stat().st_mode & 0o777 == 0o600
-    # Nothing under the final name, and no stale copy of the dump left behind.
+    # Nothing under the final name; the dead consumer's partial file is not
+    # the producer's to delete (it only copied it): spill finish cleans it up.
     assert not output.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ring", "spill.dmp", "spill.dmp.mdspill"]
+    partials = [p for p in tmp_path.iterdir() if p.name.endswith(".mdstream-partial")]
+    assert len(partials) == 1
+    assert finished_digest(spill, tmp_path) == expected
+    assert not partials[0].exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ring", "spill.dmp", "spill.dmp.mdspill",
+                                                          "spill.dmp.mdspill-base"]
     assert ring.abort_info == (errors.SPILL_ABORT_CODE, f"dump spilled to {spill}")
+    assert ring.outcome == "spilled"
     ring.close()
 
 
@@ -154,12 +171,12 @@ def test_stalled_consumer_spills_after_spill_after_and_learns_why(tmp_path: Path
     assert sim.succeeded, callback.failure
     info = callback.spill
     assert info["trigger"] == "stalled" and info["complete"], info
-    assert sha256_of(spill) == expected
     # The consumer woke up to a clear error naming the spill file and cleaned up.
     assert consumer.returncode == 1
     assert f"dump spilled to {spill}" in err
     assert not output.exists()
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+    assert finished_digest(spill, tmp_path) == expected
     ring.close()
 
 
@@ -215,8 +232,9 @@ def test_in_process_consumer_gets_dump_spilled_error(tmp_path: Path) -> None:
     assert sim.succeeded, callback.failure
     info = callback.spill
     assert info["complete"] and info["base_bytes"] > 0, info  # drain registered the FileSink's file
-    assert spill.read_bytes() == plan.apply().tobytes()
+    assert finished_digest(spill, tmp_path) == hashlib.sha256(plan.apply()).hexdigest()
     assert not (tmp_path / "out.dmp").exists()
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
 
 
 def test_spill_path_is_checked_up_front(tmp_path: Path) -> None:
@@ -293,6 +311,7 @@ def test_reusing_a_callback_after_a_spill_needs_a_new_path(tmp_path: Path) -> No
 CUSTOM_SINK_CONSUMER = r"""
 import os, sys
 import mdstream
+import mdstream.spill
 ring = mdstream.Ring.attach(sys.argv[1])
 fd = os.open(sys.argv[2], os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
 
@@ -333,7 +352,11 @@ def test_spill_without_the_consumers_file_is_finished_over_its_partial_output(tm
         sim.wait(HANG_GUARD)
     finally:
         reap(consumer)
-    assert sim.succeeded, callback.failure
+    # A spill without the consumer's half is not the dump: the dumped process
+    # hears failure, never S_OK (the spill is still finishable by hand).
+    assert not sim.succeeded
+    hresult, reason = callback.failure
+    assert hresult == 0x8007001E and "incomplete" in reason, reason
     info = callback.spill
     assert info["finished"] and not info["complete"] and info["base_bytes"] == 0, info
     assert sha256_of(spill) != expected  # the consumer's half is not in it

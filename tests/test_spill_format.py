@@ -227,7 +227,7 @@ BAD = {
     "magic": (lambda r: r.__setitem__(slice(0, 8), b"MDSPILL2") or r, "magic b'MDSPILL2'"),
     "ring-magic": (lambda r: r.__setitem__(slice(0, 8), b"MDSRING1") or r, "not a spill manifest"),
     "version-0": (_patch(8, "<I", 0), "unsupported manifest version 0"),
-    "version-2": (_patch(8, "<I", 2), "unsupported manifest version 2"),
+    "version-3": (_patch(8, "<I", 3), "unsupported manifest version 3"),
     "header-size": (_patch(12, "<I", 4095), "header_size is 4095"),
     "header-size-big": (_patch(12, "<I", 8192), "header_size is 8192"),
     "empty": (lambda r: bytearray(), "empty file"),

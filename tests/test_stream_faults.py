@@ -203,7 +203,7 @@ def test_the_checking_sink_catches_a_lost_a_repeated_and_a_changed_record():
         ring = Ring.create(None, 64 * KiB)
         for offset, piece in writes:
             ring.write(offset, piece, timeout=5)
-        ring.finish()
+        ring.seal()
         sink = OrderedHashSink(ring)
         try:
             result = drain(ring, [sink], timeout=5)
@@ -267,9 +267,9 @@ def test_4gib_through_a_1mib_ring_arrives_intact_with_flat_memory():
         # The ring's statistics: everything published was consumed, records were
         # coalesced and split as the format says, and the ring wrapped thousands
         # of times (hundreds under the sanitizer).
-        assert ring.state == "finished"
+        assert ring.state == "committed" and ring.outcome == "committed"
         assert ring.read_position == ring.write_position
-        assert records_written(ring) == sink.records
+        assert records_written(ring) == sink.records + 2  # the BEGIN and END records frame the dump
         assert STREAM_BYTES // ring.max_payload <= sink.records <= plan.count
         # Each record costs a 16-byte header plus padding to 16 (PADs at the wrap on top).
         assert ring.write_position >= STREAM_BYTES + 16 * sink.records
@@ -469,7 +469,12 @@ class Fault:
         assert self.callback.failure is not None
         status, reason = self.callback.failure
         assert status == hresult
-        assert self.ring.state == "open"  # the producer failed the write; aborting is the agent's call
+        # A failed dump ends as aborted, with the callback's HRESULT: no consumer
+        # may publish what it got, and the ring never carries a second dump.
+        assert self.ring.state == "aborted"
+        code, why = self.ring.abort_info
+        assert code == hresult and why.startswith("the dump failed: ")
+        assert self.ring.outcome == "failed"
         return index, reason
 
     def check_partial_output(self, failed_index: int) -> None:
@@ -584,13 +589,13 @@ def test_consumer_stalled_mid_dump_fails_the_write_at_the_deadline(ring_name, tm
         assert ended - last_seen_before >= STALL_DEADLINE - 1e-3, (
             f"the write failed {ended - last_seen_before:.3f} s after it started, before the {STALL_DEADLINE} s deadline")
 
-        # What an agent does when MiniDumpWriteDump fails (docs/user-guide.md):
-        # abort the ring, so the consumer stops at once.
-        assert fault.ring.abort(HRESULT_TIMEOUT, "dump failed: the consumer stalled")
+        # The failed dump aborted the ring itself (no agent action needed): the
+        # consumer, woken, stops at once and publishes nothing.
+        assert not fault.ring.abort(HRESULT_TIMEOUT, "an agent's abort comes too late")
         os.kill(pid, signal.SIGCONT)
         assert fault.child.wait(HANG_GUARD) == 1
         err = fault.stderr()
-        assert "mdstream: error:" in err and "the consumer stalled" in err, err
+        assert "mdstream: error:" in err and "the dump failed" in err, err
         assert not fault.out.exists() and fault.leftovers() == []
     finally:
         fault.cleanup()

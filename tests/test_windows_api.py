@@ -188,14 +188,16 @@ class FakeApi:
             info = windows.MINIDUMP_CALLBACK_INFORMATION.from_address(callback_information)
             plan = self.plan
             count = len(plan.offsets) if self.fail_after is None else self.fail_after
+            # A DbgHelp that fails mid-dump stops calling: no IoFinishCallback.
             sim = mdstream.Simulation(info.CallbackRoutine, info.CallbackParam, plan.buffer, plan.offsets[:count],
-                                      plan.lengths[:count], plan.sources[:count])
+                                      plan.lengths[:count], plan.sources[:count],
+                                      abandon=self.fail_after is not None)
             sim.start()
             sim.wait()
-            if not sim.succeeded:
-                return False, (sim.failure or {}).get("status", 0) & 0xFFFFFFFF
             if self.fail_after is not None:
                 return False, self.last_error
+            if not sim.succeeded:
+                return False, (sim.failure or {}).get("status", 0) & 0xFFFFFFFF
             return True, 0
         finally:
             with self.lock:

@@ -28,8 +28,15 @@ void mds_callback_context_release(mds_callback_context *ctx) { mds_spill_close(c
 
 void mds_callback_context_reset(mds_callback_context *ctx) {
     mds_spill_close(ctx);
+    if (ctx->in_use) {
+        mds_ring_end_use(ctx->ring);
+        ctx->in_use = 0;
+    }
     memset(&ctx->spill, 0, sizeof ctx->spill);
-    ctx->spill.file = ctx->spill.manifest = -1;
+    ctx->spill.file = ctx->spill.manifest = ctx->spill.base_source = ctx->spill.base_copy = -1;
+    ctx->dump_deadline_abs = 0;
+    ctx->stalled_ns = 0;
+    ctx->begun_unix_ns = 0;
     memset(ctx->calls, 0, sizeof ctx->calls);
     ctx->writes = ctx->bytes = ctx->highest_end = 0;
     ctx->extra_memory_next = 0;
@@ -47,7 +54,7 @@ void mds_callback_context_init(mds_callback_context *ctx, mds_ring *ring, const 
     else mds_callback_options_init(&ctx->options);
     if (ctx->options.extra_memory_count > MDS_MAX_EXTRA_MEMORY) ctx->options.extra_memory_count = MDS_MAX_EXTRA_MEMORY;
     ctx->options.spill_path[sizeof ctx->options.spill_path - 1] = '\0';
-    ctx->spill.file = ctx->spill.manifest = -1;
+    ctx->spill.file = ctx->spill.manifest = ctx->spill.base_source = ctx->spill.base_copy = -1;
     mds_callback_context_reset(ctx);
 }
 
@@ -56,6 +63,7 @@ static HRESULT hresult_for(int ring_status) {
     case MDS_ERR_TIMEOUT: return MDS_HRESULT_TIMEOUT;
     case MDS_ERR_PEER_GONE: return MDS_HRESULT_BROKEN_PIPE;
     case MDS_ERR_ABORTED: return MDS_HRESULT_ABORTED;
+    case MDS_ERR_USED: return MDS_HRESULT_RING_USED;
     case MDS_ERR_FINISHED:
     case MDS_ERR_BUSY: return MDS_HRESULT_UNEXPECTED;
     default: return MDS_HRESULT_FAIL;
@@ -67,7 +75,7 @@ static int spill_configured(const mds_callback_context *ctx) { return ctx->optio
 /* Failures after which the ring cannot take the dump but a file can. */
 static int spillable(int ring_status) {
     return ring_status == MDS_ERR_TIMEOUT || ring_status == MDS_ERR_PEER_GONE || ring_status == MDS_ERR_ABORTED ||
-           ring_status == MDS_ERR_CORRUPT || ring_status == MDS_ERR_SYS;
+           ring_status == MDS_ERR_CORRUPT || ring_status == MDS_ERR_SYS || ring_status == MDS_ERR_CLOSED;
 }
 
 static uint32_t spill_trigger(int ring_status) {
@@ -76,13 +84,27 @@ static uint32_t spill_trigger(int ring_status) {
     return MDS_SPILL_TRIGGER_RING_UNUSABLE;
 }
 
-/* With a spill file, a stall only lasts spill_after_ns: waiting longer would
- * hold the dumped process for nothing. */
-static uint64_t write_timeout(const mds_callback_context *ctx) {
-    uint64_t timeout = ctx->options.deadline_ns;
-    if (spill_configured(ctx) && ctx->options.spill_after_ns && (timeout == 0 || ctx->options.spill_after_ns < timeout))
-        timeout = ctx->options.spill_after_ns;
-    return timeout;
+/* With a spill file the dump waits for its consumer at most spill_after_ns
+ * in total (a consumer that trickles just under a per-write deadline spills
+ * too), leaving the rest of the deadline to the spill itself. */
+static uint64_t stall_budget(const mds_callback_context *ctx) {
+    uint64_t deadline = ctx->options.deadline_ns, after;
+    if (!spill_configured(ctx)) return deadline;
+    after = ctx->options.spill_after_ns ? ctx->options.spill_after_ns : (deadline ? deadline / 2 : 0);
+    if (after == 0) return deadline;
+    if (ctx->stalled_ns >= after) return 1; /* spent: the next wait ends at once */
+    after -= ctx->stalled_ns;
+    return deadline == 0 || after < deadline ? after : deadline;
+}
+
+static uint64_t earlier(uint64_t a, uint64_t b) { return a == 0 ? b : b == 0 ? a : a < b ? a : b; }
+
+/* The dump is over (committed, spilled or failed): let a closing ring go. */
+static void end_dump(mds_callback_context *ctx) {
+    if (ctx->in_use) {
+        mds_ring_end_use(ctx->ring);
+        ctx->in_use = 0;
+    }
 }
 
 static BOOL fail(mds_callback_context *ctx, PMINIDUMP_CALLBACK_OUTPUT output, HRESULT status, int ring_status,
@@ -94,48 +116,99 @@ static BOOL fail(mds_callback_context *ctx, PMINIDUMP_CALLBACK_OUTPUT output, HR
         memcpy(ctx->failure_reason, reason, n);
         ctx->failure_reason[n] = '\0';
         mds_store_release_u32((uint32_t *)&ctx->failed, 1u);
+        /* A failed dump ends as aborted: no consumer may publish what it got,
+         * and the ring never carries a second dump after it. */
+        if (ctx->io_started && ctx->ring->header != NULL && mds_ring_owned_by_this_process(ctx->ring)) {
+            char why[MDS_RING_REASON_SIZE];
+            snprintf(why, sizeof why, "the dump failed: %s", reason);
+            (void)mds_ring_abort(ctx->ring, (int32_t)status, why);
+            if (ctx->ring->prod.claimed) mds_ring_set_outcome(ctx->ring, MDS_OUTCOME_FAILED);
+        }
+        end_dump(ctx);
     }
     output->Status = status;
     return FALSE;
+}
+
+/* The ring could not take a write (or the commit did not come): fall back to
+ * the spill when one is configured. */
+static int try_spill(mds_callback_context *ctx, int rc, mds_error *err, uint64_t offset, const void *data,
+                     uint64_t length, int has_write, char *reason, size_t reason_size) {
+    mds_error spill_err;
+    int spill_rc;
+    if (!spill_configured(ctx) || !spillable(rc)) return rc;
+    spill_rc = mds_spill_begin(ctx, spill_trigger(rc), err->message, &spill_err);
+    if (spill_rc == MDS_OK && has_write) spill_rc = mds_spill_write(ctx, offset, data, length, &spill_err);
+    if (spill_rc == MDS_OK) return MDS_OK;
+    snprintf(reason, reason_size, "%s; the spill to %s failed: %s", err->message, ctx->options.spill_path,
+             spill_err.message);
+    *err = spill_err;
+    return spill_rc;
+}
+
+static BOOL finish_spill(mds_callback_context *ctx, PMINIDUMP_CALLBACK_OUTPUT output, uint64_t deadline) {
+    mds_error err;
+    int rc = mds_spill_finish(ctx, deadline, &err);
+    if (rc != MDS_OK)
+        return fail(ctx, output, rc == MDS_ERR_TIMEOUT || rc == MDS_ERR_PERMISSION ? MDS_HRESULT_INCOMPLETE
+                                                                                 : MDS_HRESULT_SPILL_FAILED,
+                    rc, err.message);
+    ctx->finished = 1;
+    mds_ring_set_outcome(ctx->ring, MDS_OUTCOME_SPILLED);
+    end_dump(ctx);
+    output->Status = S_OK;
+    return TRUE;
 }
 
 static BOOL on_io(mds_callback_context *ctx, ULONG type, PMINIDUMP_CALLBACK_INPUT input,
                   PMINIDUMP_CALLBACK_OUTPUT output) {
     mds_error err;
     int rc;
+    char reason[1600]; /* both messages and the path; fail() keeps what fits */
     if (ctx->failed) return fail(ctx, output, ctx->failure_status, ctx->failure_ring_status, ctx->failure_reason);
     switch (type) {
     case IoStartCallback:
+        if (ctx->io_started) { /* asked again: the same answer */
+            output->Status = S_FALSE;
+            return TRUE;
+        }
+        rc = mds_ring_begin_use(ctx->ring, &err);
+        if (rc != MDS_OK) return fail(ctx, output, hresult_for(rc), rc, err.message);
+        ctx->in_use = 1;
+        ctx->ring->prod.may_spill = spill_configured(ctx);
         rc = mds_ring_claim_producer(ctx->ring, &err);
         if (rc != MDS_OK) return fail(ctx, output, hresult_for(rc), rc, err.message);
-        mds_ring_set_producer_options(ctx->ring, ctx->options.coalesce, ctx->options.publish_bytes);
-        ctx->spill.ring_start_pos = ctx->ring->prod.wpos;
         ctx->io_started = 1;
+        mds_ring_set_producer_options(ctx->ring, ctx->options.coalesce, ctx->options.publish_bytes);
+        ctx->spill.dump_id = ctx->ring->prod.dump_id;
+        ctx->begun_unix_ns = mds_platform_realtime_ns();
+        ctx->dump_deadline_abs = ctx->options.dump_deadline_ns ? mds_now_ns() + ctx->options.dump_deadline_ns : 0;
         output->Status = S_FALSE; /* take over every write, whatever was preset */
         return TRUE;
     case IoWriteAllCallback: {
         uint64_t offset = input->Io.Offset;
         uint32_t length = input->Io.BufferBytes;
+        if (!ctx->io_started) return fail(ctx, output, MDS_HRESULT_UNEXPECTED, MDS_ERR_ARG, "IoWriteAllCallback before IoStartCallback");
         if (length && input->Io.Buffer == NULL)
             return fail(ctx, output, E_INVALIDARG, MDS_ERR_ARG, "IoWriteAllCallback with a NULL buffer");
         if (ctx->spill.active) {
             rc = mds_spill_write(ctx, offset, input->Io.Buffer, length, &err);
+            if (rc == MDS_OK) rc = mds_spill_copy_step(ctx, mds_now_ns() + MDS_SPILL_COPY_SLICE_NS, &err);
             if (rc != MDS_OK) return fail(ctx, output, MDS_HRESULT_SPILL_FAILED, rc, err.message);
         } else {
-            rc = mds_ring_write_timeout(ctx->ring, offset, input->Io.Buffer, length, write_timeout(ctx), &err);
-            if (rc != MDS_OK && spill_configured(ctx) && spillable(rc)) {
-                mds_error spill_err;
-                int spill_rc = mds_spill_begin(ctx, spill_trigger(rc), err.message, &spill_err);
-                if (spill_rc == MDS_OK) spill_rc = mds_spill_write(ctx, offset, input->Io.Buffer, length, &spill_err);
-                if (spill_rc != MDS_OK) {
-                    char reason[1600]; /* both messages and the path; fail() keeps what fits */
-                    snprintf(reason, sizeof reason, "%s; the spill to %s failed: %s", err.message,
-                             ctx->options.spill_path, spill_err.message);
-                    return fail(ctx, output, MDS_HRESULT_SPILL_FAILED, spill_rc, reason);
-                }
-                rc = MDS_OK;
+            uint64_t waited = ctx->ring->prod.waited_ns;
+            rc = mds_ring_write_bounded(ctx->ring, offset, input->Io.Buffer, length, ctx->dump_deadline_abs,
+                                        stall_budget(ctx), &err);
+            ctx->stalled_ns += ctx->ring->prod.waited_ns - waited;
+            if (rc != MDS_OK) {
+                int ring_rc = rc;
+                snprintf(reason, sizeof reason, "%s", err.message);
+                rc = try_spill(ctx, rc, &err, offset, input->Io.Buffer, length, 1, reason, sizeof reason);
+                if (rc != MDS_OK)
+                    return fail(ctx, output, spill_configured(ctx) && spillable(ring_rc) ? MDS_HRESULT_SPILL_FAILED
+                                                                                         : hresult_for(ring_rc),
+                                rc, reason);
             }
-            if (rc != MDS_OK) return fail(ctx, output, hresult_for(rc), rc, err.message);
         }
         mds_store_relaxed_u64(&ctx->writes, ctx->writes + 1);
         mds_store_relaxed_u64(&ctx->bytes, ctx->bytes + length);
@@ -143,19 +216,35 @@ static BOOL on_io(mds_callback_context *ctx, ULONG type, PMINIDUMP_CALLBACK_INPU
         output->Status = S_OK;
         return TRUE;
     }
-    default: /* IoFinishCallback */
-        if (ctx->spill.active) {
-            rc = mds_spill_finish(ctx, &err);
-            if (rc != MDS_OK) return fail(ctx, output, MDS_HRESULT_SPILL_FAILED, rc, err.message);
+    default: { /* IoFinishCallback: success only once the dump is safe */
+        uint64_t deadline = earlier(ctx->options.deadline_ns ? mds_now_ns() + ctx->options.deadline_ns : 0,
+                                    ctx->dump_deadline_abs);
+        if (!ctx->io_started) return fail(ctx, output, MDS_HRESULT_UNEXPECTED, MDS_ERR_ARG, "IoFinishCallback before IoStartCallback");
+        if (ctx->spill.active) return finish_spill(ctx, output, deadline);
+        rc = mds_ring_end(ctx->ring, stall_budget(ctx), &err);
+        if (rc == MDS_OK) {
+            /* With a spill, the commit may take what is left of the stall
+             * budget; the spill keeps the rest of the deadline. */
+            uint64_t commit_deadline = deadline;
+            if (spill_configured(ctx)) commit_deadline = earlier(deadline, mds_now_ns() + stall_budget(ctx));
+            rc = mds_ring_wait_committed(ctx->ring, commit_deadline, &err);
+        }
+        if (rc == MDS_OK) {
             ctx->finished = 1;
+            end_dump(ctx);
             output->Status = S_OK;
             return TRUE;
         }
-        rc = mds_ring_finish(ctx->ring, &err);
-        if (rc != MDS_OK) return fail(ctx, output, hresult_for(rc), rc, err.message);
-        ctx->finished = 1;
-        output->Status = S_OK;
-        return TRUE;
+        {
+            int ring_rc = rc;
+            snprintf(reason, sizeof reason, "%s", err.message);
+            rc = try_spill(ctx, rc, &err, 0, NULL, 0, 0, reason, sizeof reason);
+            if (rc == MDS_OK) return finish_spill(ctx, output, deadline);
+            return fail(ctx, output, spill_configured(ctx) && spillable(ring_rc) ? MDS_HRESULT_SPILL_FAILED
+                                                                                : hresult_for(ring_rc),
+                        rc, reason);
+        }
+    }
     }
 }
 

@@ -18,8 +18,12 @@ uint32_t mds_platform_pid(void);
 uint64_t mds_platform_random64(void);
 
 /* Create (exclusively, 0600, no symlinks) or attach a named mapping of
- * map_size bytes.  name NULL: anonymous shared mapping. */
-int mds_platform_map_create(mds_ring *ring, const char *name, size_t map_size, mds_error *err);
+ * map_size bytes.  name NULL: anonymous shared mapping.  A named mapping is
+ * created without its name (or under a hidden temporary one) and appears under
+ * it only at mds_platform_map_publish, once the header is complete.  With
+ * replace_stale, a stale ring already under the name is removed first. */
+int mds_platform_map_create(mds_ring *ring, const char *name, size_t map_size, int replace_stale, mds_error *err);
+int mds_platform_map_publish(mds_ring *ring, mds_error *err);
 /* Open an existing mapping: validates ownership and returns its size first
  * through *file_size; reads the header with read_header before mapping. */
 int mds_platform_map_attach(mds_ring *ring, const char *name, mds_ring_header *header_copy,
@@ -29,6 +33,37 @@ void mds_platform_unmap(mds_ring *ring);
 /* File-backed rings: fail (MDS_ERR_CORRUPT) if the file no longer covers the mapping. */
 int mds_platform_check_mapping(mds_ring *ring, mds_error *err);
 int mds_platform_unlink(const char *name, mds_error *err);
+
+/* ---- Roles, fork and stale rings ---------------------------------------------
+ * Role locks: OFD locks on byte MDS_LOCK_* of a file-backed ring, which the
+ * kernel drops when the holder dies (any PID namespace).  Where there is no
+ * file or no OFD lock, lock/unlock succeed doing nothing and alive answers
+ * MDS_UNKNOWN, so callers fall back to the recorded pid. */
+int mds_platform_role_lock(mds_ring *ring, unsigned lock_byte, mds_error *err);
+void mds_platform_role_unlock(mds_ring *ring, unsigned lock_byte);
+int mds_platform_role_alive(const mds_ring *ring, unsigned lock_byte);
+/* Bumped in every child of fork(): handles remember the value they were made
+ * with, and a handle from an older generation was inherited. */
+uint64_t mds_platform_fork_generation(void);
+/* Inspect a ring file without mapping it (mds_ring_probe_stale). */
+int mds_platform_probe_stale(const char *name, int *stale, uint32_t *creator_pid, mds_error *err);
+
+/* ---- Consumer output (the spill's base) -------------------------------------- */
+/* Identity of the regular file at path (not through a symlink). */
+int mds_platform_file_identity(const char *path, uint64_t *device, uint64_t *inode, mds_error *err);
+/* Open the consumer's output for reading only if it is provably the one
+ * registered for this dump: a regular file of this user, not a symlink, one
+ * link, the registered device and inode, mode without group/other bits,
+ * changed no earlier than not_before_unix_ns.  *size: its size now. */
+int mds_platform_file_open_registered(const char *path, uint64_t device, uint64_t inode, uint64_t not_before_unix_ns,
+                                      intptr_t *file, uint64_t *size, mds_error *err);
+/* Copy [offset, offset+length) of src into dst at the same offset, stopping
+ * (MDS_OK, *copied < length) once deadline_ns (CLOCK_MONOTONIC) passes.
+ * Clones extents where the filesystem can. */
+int mds_platform_file_copy_range(intptr_t src, intptr_t dst, uint64_t offset, uint64_t length, uint64_t deadline_ns,
+                                 uint64_t *copied, mds_error *err);
+/* Set the file's size exactly (extend with zeros or cut). */
+int mds_platform_file_set_size(intptr_t file, uint64_t size, mds_error *err);
 
 /* ---- Private files (the spill) ---------------------------------------------
  * Handles are intptr_t (a file descriptor, or a HANDLE on Windows); -1 = none.
@@ -41,14 +76,8 @@ int mds_platform_file_pwrite(intptr_t file, const void *data, uint64_t length, u
 int mds_platform_file_extend(intptr_t file, uint64_t size, mds_error *err);
 int mds_platform_file_sync(intptr_t file, mds_error *err);
 void mds_platform_file_close(intptr_t file);
-/* Copy the regular file at src_path, which must belong to this user and not be
- * reached through a symlink, into dst from offset 0.  *copied: bytes copied
- * (also on failure).  Uses only stack memory. */
-int mds_platform_file_copy_private(const char *src_path, intptr_t dst, uint64_t *copied, mds_error *err);
 /* An absolute path on this system? */
 int mds_platform_path_is_absolute(const char *path);
-/* Remove a file (not through a symlink in its last component); 0 on success. */
-int mds_platform_file_remove(const char *path);
 uint64_t mds_platform_realtime_ns(void); /* ns since the Unix epoch */
 
 int mds_set_error(mds_error *err, int status, int sys_errno, const char *fmt, ...)

@@ -16,6 +16,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,6 +27,7 @@
 
 #ifdef __linux__
 #include <linux/futex.h>
+#include <linux/fs.h>
 #include <sys/syscall.h>
 #endif
 
@@ -132,7 +135,7 @@ static int resolve_path(const char *name, char *out, size_t out_size, mds_error 
 }
 
 
-/* ---- SIGBUS guard ---------------------------------------------------------------
+/* ---- The registry of file-backed mappings: SIGBUS guard and fork ---------------
  * A ring file can be shrunk (ftruncate) by any process of its owner while it
  * is mapped; the next access past the new end raises SIGBUS, which would kill
  * the consumer or, worse, the dump writer.  Mappings of ring files are
@@ -140,22 +143,31 @@ static int resolve_path(const char *name, char *out, size_t out_size, mds_error 
  * faulting page (so the access completes) and raises the ring's fault flag,
  * which the producer checks after every write and the consumer at every poll
  * and release, turning the fault into MDS_ERR_CORRUPT.  Faults elsewhere go
- * to the previous handler.  MDSTREAM_SIGBUS_GUARD=0 disables the guard. */
+ * to the previous handler.  MDSTREAM_SIGBUS_GUARD=0 disables the guard.
+ *
+ * The same nodes let a forked child drop its copies of the ring files'
+ * descriptors (pthread_atfork), so a child never keeps its parent's role
+ * locks alive: the parent's death stays visible to its peers.
+ *
+ * Nodes are allocated outside any signal handler, linked once and never
+ * freed (a closed ring's node is reused), so the handler walks the list
+ * without locks and without limit on the number of rings. */
 
-
-#define GUARD_SLOTS 256
-
-typedef struct guard_slot {
-    uintptr_t base;             /* 0 = free; stored last (release) */
+typedef struct registry_node {
+    uintptr_t base;             /* 0 = no mapping; stored last (release) */
     size_t size;
     uint32_t fault;
-} guard_slot;
+    int fd;                     /* the ring file's descriptor, -1 = none */
+    uint32_t claimed;           /* 1 while a handle owns the node */
+    struct registry_node *next; /* immutable once linked */
+} registry_node;
 
-static guard_slot guard_slots[GUARD_SLOTS];
+static registry_node *registry_head;
 static struct sigaction guard_previous;
 static uintptr_t guard_page_size = 4096;
 static int guard_enabled;      /* 1 installed, 0 disabled or failed */
-static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
+static pthread_once_t platform_once = PTHREAD_ONCE_INIT;
+static uint64_t fork_generation;
 
 static void guard_chain(int sig, siginfo_t *info, void *context) {
     if (guard_previous.sa_flags & SA_SIGINFO) {
@@ -178,14 +190,14 @@ static void guard_chain(int sig, siginfo_t *info, void *context) {
 static void guard_handler(int sig, siginfo_t *info, void *context) {
     int saved_errno = errno;
     uintptr_t addr = (uintptr_t)info->si_addr;
-    int i;
-    for (i = 0; i < GUARD_SLOTS; i++) {
-        uintptr_t base = __atomic_load_n(&guard_slots[i].base, __ATOMIC_ACQUIRE);
-        if (base != 0 && addr - base < guard_slots[i].size) {
+    registry_node *node;
+    for (node = __atomic_load_n(&registry_head, __ATOMIC_ACQUIRE); node; node = node->next) {
+        uintptr_t base = __atomic_load_n(&node->base, __ATOMIC_ACQUIRE);
+        if (base != 0 && addr - base < node->size) {
             void *page = (void *)(addr & ~(guard_page_size - 1));
             if (mmap(page, (size_t)guard_page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
                      -1, 0) != MAP_FAILED) {
-                __atomic_store_n(&guard_slots[i].fault, 1u, __ATOMIC_RELEASE);
+                __atomic_store_n(&node->fault, 1u, __ATOMIC_RELEASE);
                 errno = saved_errno;
                 return;
             }
@@ -196,10 +208,25 @@ static void guard_handler(int sig, siginfo_t *info, void *context) {
     guard_chain(sig, info, context);
 }
 
-static void guard_install(void) {
+/* In the child of fork(): only the forking thread exists; close() is
+ * async-signal-safe.  The parent keeps its own descriptors (and locks). */
+static void after_fork_in_child(void) {
+    registry_node *node;
+    __atomic_add_fetch(&fork_generation, 1, __ATOMIC_RELAXED);
+    for (node = __atomic_load_n(&registry_head, __ATOMIC_ACQUIRE); node; node = node->next) {
+        int fd = node->fd;
+        if (fd >= 0) {
+            node->fd = -1;
+            close(fd);
+        }
+    }
+}
+
+static void platform_init(void) {
     struct sigaction action;
     const char *env = getenv("MDSTREAM_SIGBUS_GUARD");
     long page = sysconf(_SC_PAGESIZE);
+    pthread_atfork(NULL, NULL, after_fork_in_child);
     if (env && env[0] == '0') return;
     if (page > 0) guard_page_size = (uintptr_t)page;
     memset(&action, 0, sizeof action);
@@ -209,41 +236,259 @@ static void guard_install(void) {
     if (sigaction(SIGBUS, &action, &guard_previous) == 0) guard_enabled = 1;
 }
 
-static void guard_register(mds_ring *ring) {
-    int i;
+uint64_t mds_platform_fork_generation(void) {
+    pthread_once(&platform_once, platform_init);
+    return __atomic_load_n(&fork_generation, __ATOMIC_RELAXED);
+}
+
+/* Runs outside signal handlers: may allocate. */
+static void registry_add(mds_ring *ring) {
+    registry_node *node;
+    pthread_once(&platform_once, platform_init);
     ring->fault_flag = NULL;
-    pthread_once(&guard_once, guard_install);
-    if (!guard_enabled) return;
-    for (i = 0; i < GUARD_SLOTS; i++) {
-        uintptr_t expected = 0;
-        /* Claim with a placeholder so two threads never share a slot. */
-        if (__atomic_compare_exchange_n(&guard_slots[i].base, &expected, (uintptr_t)1, 0, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_RELAXED)) {
-            guard_slots[i].size = 0;
-            __atomic_store_n(&guard_slots[i].fault, 0u, __ATOMIC_RELAXED);
-            guard_slots[i].size = ring->map_size;
-            __atomic_store_n(&guard_slots[i].base, (uintptr_t)ring->map_base, __ATOMIC_RELEASE);
-            ring->fault_flag = &guard_slots[i].fault;
-            return;
+    ring->registry_node = NULL;
+    for (node = __atomic_load_n(&registry_head, __ATOMIC_ACQUIRE); node; node = node->next) {
+        uint32_t expected = 0;
+        if (__atomic_compare_exchange_n(&node->claimed, &expected, 1u, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) break;
+    }
+    if (node == NULL) {
+        node = (registry_node *)calloc(1, sizeof *node);
+        if (node == NULL) return; /* unguarded and not closed at fork: as before the registry */
+        node->claimed = 1;
+        node->fd = -1;
+        node->next = __atomic_load_n(&registry_head, __ATOMIC_ACQUIRE);
+        while (!__atomic_compare_exchange_n(&registry_head, &node->next, node, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
         }
     }
-    /* All slots taken: this mapping stays unguarded, as before the guard. */
+    node->size = ring->map_size;
+    node->fd = (int)ring->fd;
+    __atomic_store_n(&node->fault, 0u, __ATOMIC_RELAXED);
+    __atomic_store_n(&node->base, guard_enabled ? (uintptr_t)ring->map_base : (uintptr_t)0, __ATOMIC_RELEASE);
+    ring->registry_node = node;
+    if (guard_enabled) ring->fault_flag = &node->fault;
 }
 
-static void guard_unregister(mds_ring *ring) {
-    if (ring->fault_flag) {
-        guard_slot *slot = (guard_slot *)((const char *)ring->fault_flag - offsetof(guard_slot, fault));
-        __atomic_store_n(&slot->base, (uintptr_t)0, __ATOMIC_RELEASE);
-        ring->fault_flag = NULL;
+static void registry_remove(mds_ring *ring) {
+    registry_node *node = (registry_node *)ring->registry_node;
+    if (node) {
+        __atomic_store_n(&node->base, (uintptr_t)0, __ATOMIC_RELEASE);
+        node->fd = -1;
+        __atomic_store_n(&node->claimed, 0u, __ATOMIC_RELEASE);
+    }
+    ring->registry_node = NULL;
+    ring->fault_flag = NULL;
+}
+
+/* ---- role locks ------------------------------------------------------------------ */
+
+#if defined(__linux__) && defined(F_OFD_SETLK)
+#define HAVE_OFD_LOCKS 1
+static int ofd_lock(int fd, unsigned byte, short type, int cmd, struct flock *out) {
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = type;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = (off_t)byte;
+    fl.l_len = 1;
+    if (fcntl(fd, cmd, &fl) != 0) return -1;
+    if (out) *out = fl;
+    return 0;
+}
+#endif
+
+int mds_platform_role_lock(mds_ring *ring, unsigned lock_byte, mds_error *err) {
+#ifdef HAVE_OFD_LOCKS
+    if (ring->fd >= 0 && ofd_lock((int)ring->fd, lock_byte, F_WRLCK, F_OFD_SETLK, NULL) != 0) {
+        int e = errno;
+        if (e == EAGAIN || e == EACCES)
+            return mds_set_error(err, MDS_ERR_BUSY, e, "ring %s: the role is held by another live process", ring->path);
+        if (e != EINVAL) return mds_set_error(err, MDS_ERR_SYS, e, "cannot lock ring %s: %s", ring->path, strerror(e));
+    }
+#else
+    (void)ring;
+    (void)lock_byte;
+    (void)err;
+#endif
+    return MDS_OK;
+}
+
+void mds_platform_role_unlock(mds_ring *ring, unsigned lock_byte) {
+#ifdef HAVE_OFD_LOCKS
+    if (ring->fd >= 0) (void)ofd_lock((int)ring->fd, lock_byte, F_UNLCK, F_OFD_SETLK, NULL);
+#else
+    (void)ring;
+    (void)lock_byte;
+#endif
+}
+
+#ifdef HAVE_OFD_LOCKS
+static int fd_lock_held(int fd, unsigned lock_byte) {
+    struct flock fl;
+    if (ofd_lock(fd, lock_byte, F_WRLCK, F_OFD_GETLK, &fl) != 0) return MDS_UNKNOWN;
+    return fl.l_type == F_UNLCK ? MDS_GONE : MDS_ALIVE;
+}
+#endif
+
+int mds_platform_role_alive(const mds_ring *ring, unsigned lock_byte) {
+#ifdef HAVE_OFD_LOCKS
+    if (ring->fd >= 0) return fd_lock_held((int)ring->fd, lock_byte);
+#else
+    (void)ring;
+    (void)lock_byte;
+#endif
+    return MDS_UNKNOWN;
+}
+
+/* ---- creation ------------------------------------------------------------------- */
+
+/* Bytes a new ring of map_size can have: free space where a named ring's file
+ * goes, available memory for an anonymous one.  0 = unknown. */
+static uint64_t room_for_ring(const char *path) {
+    if (path) {
+        char dir[512];
+        struct statvfs vfs;
+        const char *slash = strrchr(path, '/');
+        size_t n = slash ? (size_t)(slash - path) : 0;
+        if (n == 0) n = 1;
+        if (n >= sizeof dir) return 0;
+        memcpy(dir, slash ? path : ".", n);
+        dir[n] = '\0';
+        if (statvfs(dir, &vfs) != 0) return 0;
+        return (uint64_t)vfs.f_bavail * (uint64_t)vfs.f_frsize;
+    }
+#ifdef __linux__
+    {
+        char buf[4096];
+        int fd = open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
+        ssize_t got;
+        const char *line;
+        if (fd < 0) return 0;
+        got = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (got <= 0) return 0;
+        buf[got] = '\0';
+        line = strstr(buf, "MemAvailable:");
+        if (line) return (uint64_t)strtoull(line + 13, NULL, 10) * 1024u;
+    }
+#endif
+    return 0;
+}
+
+static void human_size(uint64_t bytes, char *out, size_t size) {
+    if (bytes >= (1ull << 30)) snprintf(out, size, "%.1f GiB", (double)bytes / (double)(1ull << 30));
+    else snprintf(out, size, "%.1f MiB", (double)bytes / (double)(1ull << 20));
+}
+
+static int check_room(const char *path, size_t map_size, mds_error *err) {
+    uint64_t room = room_for_ring(path);
+    if (room && (uint64_t)map_size > room) {
+        char need[32], have[32];
+        human_size((uint64_t)map_size, need, sizeof need);
+        human_size(room, have, sizeof have);
+        return mds_set_error(err, MDS_ERR_SYS, path ? ENOSPC : ENOMEM, "a ring of %s needs more than the %s available %s%s",
+                             need, have, path ? "for " : "in memory", path ? path : "");
+    }
+    return MDS_OK;
+}
+
+/* A stale ring under path: remove it, but only the file we inspected, and
+ * only if no other reclaimer got to it first (we hold its creator lock). */
+static int remove_stale(const char *path, mds_error *err) {
+    int stale = 0, fd, rc;
+    uint32_t creator = 0;
+    struct stat fst, lst;
+    rc = mds_platform_probe_stale(path, &stale, &creator, err);
+    if (rc != MDS_OK) return rc;
+    if (!stale) return MDS_OK;
+    fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT ? MDS_OK : mds_set_error(err, MDS_ERR_SYS, errno, "cannot open %s: %s", path, strerror(errno));
+#ifdef HAVE_OFD_LOCKS
+    if (ofd_lock(fd, MDS_LOCK_CREATOR, F_WRLCK, F_OFD_SETLK, NULL) != 0 && errno != EINVAL) {
+        close(fd);
+        return MDS_OK; /* someone holds it after all: the create below reports EEXIST */
+    }
+#endif
+    if (fstat(fd, &fst) == 0 && lstat(path, &lst) == 0 && fst.st_dev == lst.st_dev && fst.st_ino == lst.st_ino)
+        (void)unlink(path);
+    close(fd);
+    return MDS_OK;
+}
+
+static int exists_error(const char *path, mds_error *err) {
+    int stale = 0;
+    uint32_t creator = 0;
+    mds_error probe;
+    if (mds_platform_probe_stale(path, &stale, &creator, &probe) == MDS_OK && stale)
+        return mds_set_error(err, MDS_ERR_EXISTS, EEXIST,
+                             "ring %s already exists and is stale (its creator, pid %u, and every other user are gone); "
+                             "reclaim it with Ring.create(..., replace_stale=True) or `mdstream ring clean`",
+                             path, creator);
+    return mds_set_error(err, MDS_ERR_EXISTS, EEXIST, "ring %s already exists", path);
+}
+
+/* Create the ring file unnamed (O_TMPFILE) or under a hidden temporary name,
+ * so that it appears under path only complete: attach never sees a half header. */
+static int open_unnamed(const char *path, char *temp, size_t temp_size, mds_error *err) {
+    char dir[512];
+    const char *slash = strrchr(path, '/');
+    size_t n = slash ? (size_t)(slash - path) : 0;
+    int fd;
+    temp[0] = '\0';
+    if (n == 0) n = slash ? 1 : 0;
+    if (n >= sizeof dir) return mds_set_error(err, MDS_ERR_ARG, 0, "ring path too long");
+    if (n) memcpy(dir, path, n);
+    else dir[n++] = '.';
+    dir[n] = '\0';
+#ifdef O_TMPFILE
+    fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0) return fd;
+#endif
+    {
+        int tries;
+        const char *base = slash ? slash + 1 : path;
+        for (tries = 0; tries < 100; tries++) {
+            int w = snprintf(temp, temp_size, "%s/.%s.%016llx.creating", dir, base,
+                             (unsigned long long)mds_platform_random64());
+            if (w < 0 || (size_t)w >= temp_size) return mds_set_error(err, MDS_ERR_ARG, 0, "ring path too long");
+            fd = open(temp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+            if (fd >= 0) return fd;
+            if (errno != EEXIST) break;
+        }
+    }
+    {
+        int e = errno;
+        temp[0] = '\0';
+        return mds_set_error(err, MDS_ERR_SYS, e, "cannot create ring %s: %s", path, strerror(e));
     }
 }
 
-int mds_platform_map_create(mds_ring *ring, const char *name, size_t map_size, mds_error *err) {
+/* Give the complete file its name; never replaces anything. */
+static int publish_name(int fd, const char *temp, const char *path, mds_error *err) {
+    int rc;
+    if (temp[0]) {
+        rc = link(temp, path);
+        unlink(temp);
+    } else {
+        char proc[64];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+        rc = linkat(AT_FDCWD, proc, AT_FDCWD, path, AT_SYMLINK_FOLLOW);
+#ifdef AT_EMPTY_PATH
+        if (rc != 0 && errno == ENOENT) rc = linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH);
+#endif
+    }
+    if (rc == 0) return MDS_OK;
+    if (errno == EEXIST) return exists_error(path, err);
+    return mds_set_error(err, MDS_ERR_SYS, errno, "cannot create ring %s: %s", path, strerror(errno));
+}
+
+int mds_platform_map_create(mds_ring *ring, const char *name, size_t map_size, int replace_stale, mds_error *err) {
     void *base;
     ring->fd = -1;
     ring->path[0] = '\0';
     ring->name[0] = '\0';
+    ring->generation = mds_platform_fork_generation();
     if (name == NULL) {
+        if (check_room(NULL, map_size, err) != MDS_OK) return err->status;
         /* Populated now: a page fault per 4 KiB on the first lap would cost the
          * producer more than the copies themselves. */
         base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
@@ -253,53 +498,64 @@ int mds_platform_map_create(mds_ring *ring, const char *name, size_t map_size, m
 #ifdef MADV_HUGEPAGE
         if (map_size >= (8u << 20)) madvise(base, map_size, MADV_HUGEPAGE); /* fewer TLB misses; advisory */
 #endif
+        ring->map_base = base;
+        ring->map_size = map_size;
+        ring->fault_flag = NULL;
+        ring->registry_node = NULL;
+        return MDS_OK;
     } else {
         int fd, rc;
+        char temp[600];
+        struct stat st;
         if (resolve_path(name, ring->path, sizeof ring->path, err) != MDS_OK) return err->status;
         snprintf(ring->name, sizeof ring->name, "%s", name);
-        /* O_EXCL with O_CREAT never follows a symlink at the last component;
-         * O_NOFOLLOW says so explicitly. */
-        fd = open(ring->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-        if (fd < 0) {
-            int e = errno;
-            if (e == EEXIST)
-                return mds_set_error(err, MDS_ERR_EXISTS, e, "ring %s already exists", ring->path);
-            return mds_set_error(err, MDS_ERR_SYS, e, "cannot create ring %s: %s", ring->path, strerror(e));
+        if (lstat(ring->path, &st) == 0) {
+            if (!replace_stale) return exists_error(ring->path, err);
+            if ((rc = remove_stale(ring->path, err)) != MDS_OK) return rc;
         }
+        if (check_room(ring->path, map_size, err) != MDS_OK) return err->status;
+        fd = open_unnamed(ring->path, temp, sizeof temp, err);
+        if (fd < 0) return err->status;
         /* umask may only remove bits; make the mode exactly 0600. */
         if (fchmod(fd, 0600) != 0 || ftruncate(fd, (off_t)map_size) != 0) {
             int e = errno;
             close(fd);
-            unlink(ring->path);
-            return mds_set_error(err, e == ENOSPC ? MDS_ERR_SYS : MDS_ERR_SYS, e,
-                                 "cannot size ring %s to %zu bytes: %s", ring->path, map_size, strerror(e));
+            if (temp[0]) unlink(temp);
+            return mds_set_error(err, MDS_ERR_SYS, e, "cannot size ring %s to %zu bytes: %s", ring->path, map_size,
+                                 strerror(e));
         }
 #ifdef __linux__
         /* Reserve the blocks now so a full /dev/shm fails here, not as SIGBUS later. */
         rc = posix_fallocate(fd, 0, (off_t)map_size);
         if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL) {
             close(fd);
-            unlink(ring->path);
+            if (temp[0]) unlink(temp);
             return mds_set_error(err, MDS_ERR_SYS, rc, "cannot allocate %zu bytes for ring %s: %s",
                                  map_size, ring->path, strerror(rc));
         }
-#else
-        (void)rc;
 #endif
         base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
         if (base == MAP_FAILED) {
             int e = errno;
             close(fd);
-            unlink(ring->path);
+            if (temp[0]) unlink(temp);
             return mds_set_error(err, MDS_ERR_SYS, e, "mmap of ring %s failed: %s", ring->path, strerror(e));
         }
         ring->fd = fd;
+        ring->map_base = base;
+        ring->map_size = map_size;
+        snprintf(ring->pending_name, sizeof ring->pending_name, "%s", temp);
+        registry_add(ring);
+        return MDS_OK;
     }
-    ring->map_base = base;
-    ring->map_size = map_size;
-    ring->fault_flag = NULL;
-    if (ring->fd >= 0) guard_register(ring);
-    return MDS_OK;
+}
+
+int mds_platform_map_publish(mds_ring *ring, mds_error *err) {
+    int rc;
+    if (ring->fd < 0) return MDS_OK;
+    rc = publish_name((int)ring->fd, ring->pending_name, ring->path, err);
+    ring->pending_name[0] = '\0';
+    return rc;
 }
 
 int mds_platform_map_attach(mds_ring *ring, const char *name, mds_ring_header *header_copy,
@@ -308,6 +564,7 @@ int mds_platform_map_attach(mds_ring *ring, const char *name, mds_ring_header *h
     int fd;
     ssize_t got;
     ring->fd = -1;
+    ring->generation = mds_platform_fork_generation();
     if (name == NULL) return mds_set_error(err, MDS_ERR_ARG, 0, "attach needs a ring name or path");
     if (resolve_path(name, ring->path, sizeof ring->path, err) != MDS_OK) return err->status;
     snprintf(ring->name, sizeof ring->name, "%s", name);
@@ -365,7 +622,7 @@ int mds_platform_map_attach_finish(mds_ring *ring, size_t map_size, mds_error *e
     }
     ring->map_base = base;
     ring->map_size = map_size;
-    guard_register(ring);
+    registry_add(ring);
     return MDS_OK;
 }
 
@@ -381,10 +638,13 @@ int mds_platform_check_mapping(mds_ring *ring, mds_error *err) {
 }
 
 void mds_platform_unmap(mds_ring *ring) {
-    guard_unregister(ring);
+    /* A handle inherited across fork(): its descriptor was closed in the child
+     * already (after_fork_in_child) and the number may name another file now. */
+    int inherited = ring->generation != mds_platform_fork_generation();
+    registry_remove(ring);
     if (ring->map_base) munmap(ring->map_base, ring->map_size);
     ring->map_base = NULL;
-    if (ring->fd >= 0) close((int)ring->fd);
+    if (ring->fd >= 0 && !inherited) close((int)ring->fd);
     ring->fd = -1;
 }
 
@@ -457,68 +717,158 @@ void mds_platform_file_close(intptr_t file) {
     if (file >= 0) close((int)file);
 }
 
-int mds_platform_file_copy_private(const char *src_path, intptr_t dst, uint64_t *copied, mds_error *err) {
+int mds_platform_path_is_absolute(const char *path) { return path[0] == '/'; }
+
+int mds_platform_file_identity(const char *path, uint64_t *device, uint64_t *inode, mds_error *err) {
+    struct stat st;
+    if (lstat(path, &st) != 0) return mds_set_error(err, MDS_ERR_SYS, errno, "cannot stat %s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) return mds_set_error(err, MDS_ERR_ARG, 0, "%s is not a regular file", path);
+    *device = (uint64_t)st.st_dev;
+    *inode = (uint64_t)st.st_ino;
+    return MDS_OK;
+}
+
+int mds_platform_file_open_registered(const char *path, uint64_t device, uint64_t inode, uint64_t not_before_unix_ns,
+                                      intptr_t *file, uint64_t *size, mds_error *err) {
     struct stat st;
     int fd;
-    uint64_t done = 0;
-    uint8_t buf[16384];
-    *copied = 0;
-    fd = open(src_path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) return mds_set_error(err, MDS_ERR_SYS, errno, "cannot open %s: %s", src_path, strerror(errno));
+    uint64_t changed_ns;
+    *file = -1;
+    *size = 0;
+    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) return mds_set_error(err, MDS_ERR_SYS, errno, "cannot open %s: %s", path, strerror(errno));
     if (fstat(fd, &st) != 0) {
         int e = errno;
         close(fd);
-        return mds_set_error(err, MDS_ERR_SYS, e, "cannot stat %s: %s", src_path, strerror(e));
+        return mds_set_error(err, MDS_ERR_SYS, e, "cannot stat %s: %s", path, strerror(e));
     }
-    if (!S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
+    changed_ns = (uint64_t)st.st_ctim.tv_sec * 1000000000ull + (uint64_t)st.st_ctim.tv_nsec;
+    /* Every condition is needed: a peer that can write the ring header can
+     * name any file; only the consumer's own new partial file passes them all. */
+    if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077) != 0 || st.st_nlink != 1 ||
+        (uint64_t)st.st_dev != device || (uint64_t)st.st_ino != inode || changed_ns + 2000000000ull < not_before_unix_ns) {
         close(fd);
-        return mds_set_error(err, MDS_ERR_PERMISSION, 0, "%s is not a regular file of this user", src_path);
+        return mds_set_error(err, MDS_ERR_PERMISSION, 0,
+                             "%s is not the consumer's output registered for this dump (owner, mode, links, identity "
+                             "or age do not match); not used", path);
     }
-#ifdef __linux__
-    /* In-kernel copy first; a filesystem that cannot do it falls back below. */
-    for (;;) {
-        off_t in_off = (off_t)done, out_off = (off_t)done; /* 64-bit: Linux targets are LP64 */
-        ssize_t n = copy_file_range(fd, &in_off, (int)dst, &out_off, 1u << 30, 0);
-        if (n > 0) {
-            done += (uint64_t)n;
-            continue;
-        }
-        if (n == 0) {
-            close(fd);
-            *copied = done;
-            return MDS_OK;
-        }
-        if (errno == EINTR) continue;
-        break; /* EXDEV, ENOSYS, EINVAL...: copy by hand from where we are */
+    *file = fd;
+    *size = (uint64_t)st.st_size;
+    return MDS_OK;
+}
+
+int mds_platform_file_copy_range(intptr_t src, intptr_t dst, uint64_t offset, uint64_t length, uint64_t deadline_ns,
+                                 uint64_t *copied, mds_error *err) {
+    uint64_t done = 0;
+    uint8_t buf[16384];
+    int use_kernel = 1;
+    *copied = 0;
+#if defined(__linux__) && defined(FICLONERANGE)
+    /* Whole-extent clones cost no I/O where the filesystem shares blocks
+     * (btrfs, XFS); block-aligned ranges only. */
+    if (offset == 0 && length > 0) {
+        struct file_clone_range range;
+        range.src_fd = (int64_t)src;
+        range.src_offset = 0;
+        range.src_length = length & ~(uint64_t)4095;
+        range.dest_offset = 0;
+        if (range.src_length && ioctl((int)dst, FICLONERANGE, &range) == 0) done = range.src_length;
     }
 #endif
-    for (;;) {
-        ssize_t n = pread(fd, buf, sizeof buf, (off_t)done);
-        int rc;
+    while (done < length) {
+        uint64_t want = length - done;
+        ssize_t n;
+        if (deadline_ns && mds_now_ns() >= deadline_ns) break;
+        if (want > (8u << 20)) want = 8u << 20; /* the clock is checked between slices */
+#ifdef __linux__
+        if (use_kernel) {
+            off_t in_off = (off_t)(offset + done), out_off = (off_t)(offset + done);
+            n = copy_file_range((int)src, &in_off, (int)dst, &out_off, (size_t)want, 0);
+            if (n > 0) {
+                done += (uint64_t)n;
+                continue;
+            }
+            if (n == 0) break; /* the source is shorter than it was */
+            if (errno == EINTR) continue;
+            use_kernel = 0;   /* EXDEV, ENOSYS, EINVAL...: by hand from here */
+        }
+#else
+        (void)use_kernel;
+#endif
+        if (want > sizeof buf) want = sizeof buf;
+        n = pread((int)src, buf, (size_t)want, (off_t)(offset + done));
         if (n < 0) {
             int e = errno;
             if (e == EINTR) continue;
-            close(fd);
             *copied = done;
-            return mds_set_error(err, MDS_ERR_SYS, e, "cannot read %s: %s", src_path, strerror(e));
+            return mds_set_error(err, MDS_ERR_SYS, e, "cannot read the consumer's output: %s", strerror(e));
         }
         if (n == 0) break;
-        rc = mds_platform_file_pwrite(dst, buf, (uint64_t)n, done, err);
-        if (rc != MDS_OK) {
-            close(fd);
+        if (mds_platform_file_pwrite(dst, buf, (uint64_t)n, offset + done, err) != MDS_OK) {
             *copied = done;
-            return rc;
+            return err->status;
         }
         done += (uint64_t)n;
     }
-    close(fd);
     *copied = done;
     return MDS_OK;
 }
 
-int mds_platform_path_is_absolute(const char *path) { return path[0] == '/'; }
+int mds_platform_file_set_size(intptr_t file, uint64_t size, mds_error *err) {
+    if (size > (uint64_t)INT64_MAX) return mds_set_error(err, MDS_ERR_ARG, 0, "size %llu out of range", (unsigned long long)size);
+    if (ftruncate((int)file, (off_t)size) != 0)
+        return mds_set_error(err, MDS_ERR_SYS, errno, "cannot set the size to %llu bytes: %s", (unsigned long long)size,
+                             strerror(errno));
+    return MDS_OK;
+}
 
-int mds_platform_file_remove(const char *path) { return unlink(path) == 0 ? 0 : -1; }
+/* ---- stale rings ------------------------------------------------------------- */
+
+int mds_platform_probe_stale(const char *name, int *stale, uint32_t *creator_pid, mds_error *err) {
+    char path[512];
+    struct stat st;
+    mds_ring_header h;
+    int fd, alive = 0;
+    ssize_t got;
+    *stale = 0;
+    *creator_pid = 0;
+    if (resolve_path(name, path, sizeof path, err) != MDS_OK) return err->status;
+    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
+        int e = errno;
+        if (e == ENOENT) return mds_set_error(err, MDS_ERR_NOT_FOUND, e, "no ring at %s", path);
+        return mds_set_error(err, MDS_ERR_SYS, e, "cannot open %s: %s", path, strerror(e));
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
+        close(fd);
+        return mds_set_error(err, MDS_ERR_PERMISSION, 0, "%s is not a regular file of this user", path);
+    }
+    memset(&h, 0, sizeof h);
+    got = pread(fd, &h, sizeof h, 0);
+    if (got < (ssize_t)offsetof(mds_ring_header, write_pos) || memcmp(h.magic, MDS_RING_MAGIC, 8) != 0) {
+        close(fd);
+        return mds_set_error(err, MDS_ERR_FORMAT, 0, "%s is not an mdstream ring", path);
+    }
+    *creator_pid = h.creator_pid;
+#ifdef HAVE_OFD_LOCKS
+    if (h.version >= 2) {
+        int c = fd_lock_held(fd, MDS_LOCK_CREATOR), p = fd_lock_held(fd, MDS_LOCK_PRODUCER),
+            k = fd_lock_held(fd, MDS_LOCK_CONSUMER);
+        if (c != MDS_UNKNOWN && p != MDS_UNKNOWN && k != MDS_UNKNOWN) {
+            close(fd);
+            *stale = (c == MDS_GONE && p == MDS_GONE && k == MDS_GONE);
+            return MDS_OK;
+        }
+    }
+#endif
+    /* Version 1 rings (no role locks) and systems without OFD locks: pids. */
+    alive = mds_pid_alive(h.creator_pid) && h.creator_pid != 0;
+    if (h.producer_token && h.producer_pid && mds_pid_alive(h.producer_pid)) alive = 1;
+    if (h.consumer_token && h.consumer_pid && mds_pid_alive(h.consumer_pid)) alive = 1;
+    close(fd);
+    *stale = !alive;
+    return MDS_OK;
+}
 
 uint64_t mds_platform_realtime_ns(void) {
     struct timespec ts;

@@ -443,7 +443,36 @@ static void *map_view(HANDLE section, size_t size) {
     return MapViewOfFile(section, FILE_MAP_READ | FILE_MAP_WRITE, 0, 0, size);
 }
 
-int mds_platform_map_create(mds_ring *ring, const char *name, size_t map_size, mds_error *err) {
+/* Windows has no fork(): every handle belongs to the process that made it. */
+uint64_t mds_platform_fork_generation(void) { return 0; }
+
+/* Role liveness on Windows comes from the recorded pids (mds_pid_alive):
+ * no role locks. */
+int mds_platform_role_lock(mds_ring *ring, unsigned lock_byte, mds_error *err) {
+    (void)ring;
+    (void)lock_byte;
+    (void)err;
+    return MDS_OK;
+}
+
+void mds_platform_role_unlock(mds_ring *ring, unsigned lock_byte) {
+    (void)ring;
+    (void)lock_byte;
+}
+
+int mds_platform_role_alive(const mds_ring *ring, unsigned lock_byte) {
+    (void)ring;
+    (void)lock_byte;
+    return MDS_UNKNOWN;
+}
+
+int mds_platform_map_publish(mds_ring *ring, mds_error *err) {
+    (void)ring;
+    (void)err;
+    return MDS_OK;
+}
+
+int mds_platform_map_create(mds_ring *ring, const char *name, size_t map_size, int replace_stale, mds_error *err) {
     uint64_t size64 = (uint64_t)map_size;
     DWORD hi = (DWORD)(size64 >> 32), lo = (DWORD)(size64 & 0xFFFFFFFFu);
     HANDLE section = NULL;
@@ -501,6 +530,21 @@ int mds_platform_map_create(mds_ring *ring, const char *name, size_t map_size, m
          * FILE_FLAG_OPEN_REPARSE_POINT keeps it from following one. */
         file = CreateFileW(wide, GENERIC_READ | GENERIC_WRITE, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
                            &ps.attributes, CREATE_NEW, FILE_ATTRIBUTE_NORMAL | FILE_FLAG_OPEN_REPARSE_POINT, NULL);
+        if (file == INVALID_HANDLE_VALUE && replace_stale) {
+            int stale = 0;
+            uint32_t creator = 0;
+            mds_error ignored;
+            e = GetLastError();
+            if ((e == ERROR_FILE_EXISTS || e == ERROR_ALREADY_EXISTS) &&
+                mds_platform_probe_stale(ring->path, &stale, &creator, &ignored) == MDS_OK && stale) {
+                (void)DeleteFileW(wide);
+                file = CreateFileW(wide, GENERIC_READ | GENERIC_WRITE,
+                                   FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, &ps.attributes, CREATE_NEW,
+                                   FILE_ATTRIBUTE_NORMAL | FILE_FLAG_OPEN_REPARSE_POINT, NULL);
+            } else {
+                SetLastError(e);
+            }
+        }
         if (file == INVALID_HANDLE_VALUE) {
             e = GetLastError();
             if (e == ERROR_FILE_EXISTS || e == ERROR_ALREADY_EXISTS)
@@ -773,64 +817,145 @@ void mds_platform_file_close(intptr_t file) {
     if (file != -1 && file != 0) CloseHandle((HANDLE)file);
 }
 
-int mds_platform_file_copy_private(const char *src_path, intptr_t dst, uint64_t *copied, mds_error *err) {
+static uint64_t filetime_unix_ns(LONGLONG t) { /* 100 ns since 1601 */
+    return t > 116444736000000000LL ? (uint64_t)(t - 116444736000000000LL) * 100ull : 0;
+}
+
+static HANDLE open_plain(const char *path, DWORD access, mds_error *err) {
     WCHAR wide[MAX_PATH_CHARS];
-    BY_HANDLE_FILE_INFORMATION info;
     HANDLE h;
-    uint64_t done = 0;
-    uint8_t buf[16384];
-    int rc;
-    *copied = 0;
-    if (to_wide(src_path, wide, MAX_PATH_CHARS, err) != MDS_OK) return err->status;
-    h = CreateFileW(wide, GENERIC_READ | READ_CONTROL, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL,
-                    OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL | FILE_FLAG_OPEN_REPARSE_POINT, NULL);
-    if (h == INVALID_HANDLE_VALUE) return file_error(err, GetLastError(), "cannot open", src_path);
-    if (!GetFileInformationByHandle(h, &info) || (info.dwFileAttributes & (FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_REPARSE_POINT))) {
+    if (to_wide(path, wide, MAX_PATH_CHARS, err) != MDS_OK) return INVALID_HANDLE_VALUE;
+    h = CreateFileW(wide, access, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL, OPEN_EXISTING,
+                    FILE_ATTRIBUTE_NORMAL | FILE_FLAG_OPEN_REPARSE_POINT, NULL);
+    if (h == INVALID_HANDLE_VALUE) file_error(err, GetLastError(), "cannot open", path);
+    return h;
+}
+
+int mds_platform_file_identity(const char *path, uint64_t *device, uint64_t *inode, mds_error *err) {
+    BY_HANDLE_FILE_INFORMATION info;
+    HANDLE h = open_plain(path, 0, err);
+    if (h == INVALID_HANDLE_VALUE) return err->status;
+    if (!GetFileInformationByHandle(h, &info) ||
+        (info.dwFileAttributes & (FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_REPARSE_POINT))) {
         CloseHandle(h);
-        return mds_set_error(err, MDS_ERR_PERMISSION, 0, "%s is not a regular file", src_path);
+        return mds_set_error(err, MDS_ERR_ARG, 0, "%s is not a regular file", path);
     }
-    rc = check_private(h, SE_FILE_OBJECT, FILE_READ_DATA | FILE_WRITE_DATA, src_path, err);
+    CloseHandle(h);
+    *device = info.dwVolumeSerialNumber;
+    *inode = ((uint64_t)info.nFileIndexHigh << 32) | info.nFileIndexLow;
+    return MDS_OK;
+}
+
+int mds_platform_file_open_registered(const char *path, uint64_t device, uint64_t inode, uint64_t not_before_unix_ns,
+                                      intptr_t *file, uint64_t *size, mds_error *err) {
+    BY_HANDLE_FILE_INFORMATION info;
+    FILE_BASIC_INFO basic;
+    LARGE_INTEGER length;
+    HANDLE h;
+    int rc;
+    *file = -1;
+    *size = 0;
+    h = open_plain(path, GENERIC_READ | READ_CONTROL, err);
+    if (h == INVALID_HANDLE_VALUE) return err->status;
+    if (!GetFileInformationByHandle(h, &info) || !GetFileInformationByHandleEx(h, FileBasicInfo, &basic, sizeof basic) ||
+        !GetFileSizeEx(h, &length) ||
+        (info.dwFileAttributes & (FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_REPARSE_POINT)) || info.nNumberOfLinks != 1 ||
+        info.dwVolumeSerialNumber != device || (((uint64_t)info.nFileIndexHigh << 32) | info.nFileIndexLow) != inode ||
+        filetime_unix_ns(basic.ChangeTime.QuadPart) + 2000000000ull < not_before_unix_ns) {
+        CloseHandle(h);
+        return mds_set_error(err, MDS_ERR_PERMISSION, 0,
+                             "%s is not the consumer's output registered for this dump (links, identity or age do not "
+                             "match); not used", path);
+    }
+    rc = check_private(h, SE_FILE_OBJECT, FILE_READ_DATA | FILE_WRITE_DATA, path, err);
     if (rc != MDS_OK) {
         CloseHandle(h);
         return rc;
     }
-    for (;;) {
-        DWORD got = 0;
+    *file = (intptr_t)h;
+    *size = (uint64_t)length.QuadPart;
+    return MDS_OK;
+}
+
+int mds_platform_file_copy_range(intptr_t src, intptr_t dst, uint64_t offset, uint64_t length, uint64_t deadline_ns,
+                                 uint64_t *copied, mds_error *err) {
+    uint64_t done = 0;
+    uint8_t buf[16384];
+    *copied = 0;
+    while (done < length) {
+        DWORD want = length - done > sizeof buf ? (DWORD)sizeof buf : (DWORD)(length - done), got = 0;
         OVERLAPPED ov;
+        int rc;
+        if (deadline_ns && (done & ((8u << 20) - 1)) < sizeof buf && mds_now_ns() >= deadline_ns) break;
         memset(&ov, 0, sizeof ov);
-        ov.Offset = (DWORD)(done & 0xFFFFFFFFu);
-        ov.OffsetHigh = (DWORD)(done >> 32);
-        if (!ReadFile(h, buf, (DWORD)sizeof buf, &got, &ov)) {
+        ov.Offset = (DWORD)((offset + done) & 0xFFFFFFFFu);
+        ov.OffsetHigh = (DWORD)((offset + done) >> 32);
+        if (!ReadFile((HANDLE)src, buf, want, &got, &ov)) {
             DWORD e = GetLastError();
             if (e == ERROR_HANDLE_EOF) break;
-            CloseHandle(h);
             *copied = done;
-            return file_error(err, e, "cannot read", src_path);
+            return file_error(err, e, "cannot read", "the consumer's output");
         }
         if (got == 0) break;
-        rc = mds_platform_file_pwrite(dst, buf, got, done, err);
+        rc = mds_platform_file_pwrite(dst, buf, got, offset + done, err);
         if (rc != MDS_OK) {
-            CloseHandle(h);
             *copied = done;
             return rc;
         }
         done += got;
     }
-    CloseHandle(h);
     *copied = done;
+    return MDS_OK;
+}
+
+int mds_platform_file_set_size(intptr_t file, uint64_t size, mds_error *err) {
+    FILE_END_OF_FILE_INFO eof;
+    eof.EndOfFile.QuadPart = (LONGLONG)size;
+    if (!SetFileInformationByHandle((HANDLE)file, FileEndOfFileInfo, &eof, sizeof eof))
+        return file_error(err, GetLastError(), "cannot size", "the spill file");
+    return MDS_OK;
+}
+
+int mds_platform_probe_stale(const char *name, int *stale, uint32_t *creator_pid, mds_error *err) {
+    char path[512];
+    name_kind kind;
+    mds_ring_header h;
+    HANDLE file;
+    DWORD got = 0;
+    OVERLAPPED ov;
+    *stale = 0;
+    *creator_pid = 0;
+    if (resolve_name(name, path, sizeof path, &kind, err) != MDS_OK) return err->status;
+    if (kind == NAME_SECTION) {
+        /* A named section exists only while some process holds it open. */
+        WCHAR wide[MAX_PATH + 64];
+        HANDLE section;
+        if (to_wide(path, wide, (int)(sizeof wide / sizeof wide[0]), err) != MDS_OK) return err->status;
+        section = OpenFileMappingW(FILE_MAP_READ, FALSE, wide);
+        if (section == NULL) return mds_set_error(err, MDS_ERR_NOT_FOUND, (int)GetLastError(), "no ring at %s", path);
+        CloseHandle(section);
+        return MDS_OK;
+    }
+    file = open_plain(path, GENERIC_READ, err);
+    if (file == INVALID_HANDLE_VALUE) return err->status;
+    memset(&h, 0, sizeof h);
+    memset(&ov, 0, sizeof ov);
+    if (!ReadFile(file, &h, (DWORD)sizeof h, &got, &ov) || got < offsetof(mds_ring_header, write_pos) ||
+        memcmp(h.magic, MDS_RING_MAGIC, 8) != 0) {
+        CloseHandle(file);
+        return mds_set_error(err, MDS_ERR_FORMAT, 0, "%s is not an mdstream ring", path);
+    }
+    CloseHandle(file);
+    *creator_pid = h.creator_pid;
+    *stale = !((h.creator_pid && mds_pid_alive(h.creator_pid)) ||
+               (h.producer_token && h.producer_pid && mds_pid_alive(h.producer_pid)) ||
+               (h.consumer_token && h.consumer_pid && mds_pid_alive(h.consumer_pid)));
     return MDS_OK;
 }
 
 int mds_platform_path_is_absolute(const char *path) {
     return (((path[0] | 0x20) >= 'a' && (path[0] | 0x20) <= 'z') && path[1] == ':' && (path[2] == '\\' || path[2] == '/')) ||
            (path[0] == '\\' && path[1] == '\\');
-}
-
-int mds_platform_file_remove(const char *path) {
-    WCHAR wide[MAX_PATH_CHARS];
-    mds_error ignored;
-    if (to_wide(path, wide, MAX_PATH_CHARS, &ignored) != MDS_OK) return -1;
-    return DeleteFileW(wide) ? 0 : -1;
 }
 
 uint64_t mds_platform_realtime_ns(void) {

@@ -20,7 +20,15 @@
  * step requires, ends the dump. */
 static int call(mds_simulation *sim, MINIDUMP_CALLBACK_INPUT *in, MINIDUMP_CALLBACK_OUTPUT *out,
                 HRESULT required, uint64_t index) {
+    uint64_t t0 = sim->time_calls ? mds_now_ns() : 0;
     BOOL ok = sim->routine(sim->param, in, out);
+    if (sim->time_calls) {
+        uint64_t spent = mds_now_ns() - t0;
+        if (spent > sim->longest_call_ns) {
+            sim->longest_call_ns = spent;
+            sim->longest_call_type = in->CallbackType;
+        }
+    }
     if (!ok || out->Status != required) {
         sim->failed_callback_type = in->CallbackType;
         sim->failed_index = index;
@@ -61,6 +69,14 @@ void mds_simulation_run(mds_simulation *sim) {
         mds_store_relaxed_u64(&sim->completed, i + 1);
     }
 
+    if (sim->abandon) {
+        /* A writer that failed after its last write: no IoFinishCallback. */
+        sim->failed_callback_type = IoFinishCallback;
+        sim->failed_index = sim->count;
+        sim->failed_return = FALSE;
+        sim->failed_status = MDS_HRESULT_FAIL;
+        goto done;
+    }
     memset(&in, 0, offsetof(MINIDUMP_CALLBACK_INPUT, Io) + sizeof in.Io);
     in.CallbackType = IoFinishCallback;
     in.Io.Handle = sim->io_handle;

@@ -1,8 +1,11 @@
 /* The spill: when the ring cannot take the dump any more (consumer gone or
- * stalled, ring aborted or corrupt), the callback writes the rest of it to a
- * private file at the right offsets, starting with every record the consumer
- * has not released, so nothing is lost.  The manifest beside it says what the
- * file holds (docs/spill-format.md).
+ * stalled, ring aborted or corrupt, or its commit did not come), the callback
+ * writes the rest of it to a private file at the right offsets, starting with
+ * every record the consumer has not released, and copies what the consumer
+ * had released (its registered output, verified to be this dump's) into a
+ * private base copy, a slice at a time so no callback waits past its
+ * deadline.  The manifest beside them says what they hold
+ * (docs/spill-format.md).  A file the spill did not create is never removed.
  *
  * Runs on DbgHelp's thread while the dumped process is suspended: no
  * allocation, only stack buffers and system calls, every size checked. */
@@ -36,8 +39,13 @@ enum {
     M_PID = 104,
     M_BASE_PATH = 112,
     M_REASON = 1136,
-    M_END = 1392
+    M_BASE_LENGTH = 1392,
+    M_BASE_COPIED = 1400,
+    M_DUMP_ID = 1408,
+    M_END = 1416
 };
+
+_Static_assert(M_END <= MDS_SPILL_HEADER_SIZE, "the manifest header fits its 4096 bytes");
 
 static void put_u32(uint8_t *p, uint32_t v) {
     int i;
@@ -61,7 +69,7 @@ static void append_text(char *dst, size_t size, const char *text) {
 
 static int write_header(mds_callback_context *ctx, mds_error *err) {
     mds_spill_state *s = &ctx->spill;
-    uint8_t h[M_END];
+    uint8_t h[MDS_SPILL_HEADER_SIZE]; /* whole: a reader of an early or failed spill finds every field */
     memset(h, 0, sizeof h);
     memcpy(h + M_MAGIC, MDS_SPILL_MAGIC, 8);
     put_u32(h + M_VERSION, MDS_SPILL_VERSION);
@@ -69,7 +77,7 @@ static int write_header(mds_callback_context *ctx, mds_error *err) {
     put_u32(h + M_FLAGS, s->flags);
     put_u32(h + M_TRIGGER, s->trigger);
     put_u64(h + M_DUMP_SIZE, (s->flags & MDS_SPILL_FINISHED) ? ctx->highest_end : 0);
-    put_u64(h + M_BASE_BYTES, s->base_bytes);
+    put_u64(h + M_BASE_BYTES, s->base_copied);
     put_u64(h + M_RESUME_POS, s->resume_pos);
     put_u64(h + M_RING_END_POS, s->ring_end_pos);
     put_u64(h + M_REPLAYED_RECORDS, s->replayed_records);
@@ -81,6 +89,9 @@ static int write_header(mds_callback_context *ctx, mds_error *err) {
     put_u32(h + M_PID, mds_platform_pid());
     memcpy(h + M_BASE_PATH, s->base_path, strnlen(s->base_path, MDS_RING_PATH_SIZE - 1));
     memcpy(h + M_REASON, s->reason, strnlen(s->reason, sizeof s->reason - 1));
+    put_u64(h + M_BASE_LENGTH, s->base_length);
+    put_u64(h + M_BASE_COPIED, s->base_copied);
+    put_u64(h + M_DUMP_ID, s->dump_id);
     return mds_platform_file_pwrite(s->manifest, h, sizeof h, 0, err);
 }
 
@@ -172,34 +183,10 @@ static int replay_ring(mds_callback_context *ctx, uint64_t resume, uint64_t end,
 static void close_files(mds_spill_state *s) {
     if (s->file != -1) mds_platform_file_close(s->file);
     if (s->manifest != -1) mds_platform_file_close(s->manifest);
-    s->file = s->manifest = -1;
+    if (s->base_source != -1) mds_platform_file_close(s->base_source);
+    if (s->base_copy != -1) mds_platform_file_close(s->base_copy);
+    s->file = s->manifest = s->base_source = s->base_copy = -1;
     s->closed = 1;
-}
-
-/* Copy the consumer's registered output (what it applied of the released
- * records) into the spill file.  Returns 1 when it was copied whole. */
-static int copy_base(mds_callback_context *ctx) {
-    mds_spill_state *s = &ctx->spill;
-    const char *shared = ctx->ring->header->consumer_output;
-    char path[MDS_RING_PATH_SIZE];
-    size_t n;
-    mds_error err;
-    /* Bounded copy out of the shared page before any check: the consumer can
-     * rewrite it at any time. */
-    memcpy(path, shared, sizeof path);
-    n = strnlen(path, sizeof path);
-    if (n == 0 || n == sizeof path) return 0;
-    if (!mds_platform_path_is_absolute(path)) return 0;
-    memcpy(s->base_path, path, n + 1);
-    if (mds_platform_file_copy_private(path, s->file, &s->base_bytes, &err) != MDS_OK) {
-        append_text(s->reason, sizeof s->reason, "; consumer output not copied: ");
-        append_text(s->reason, sizeof s->reason, err.message);
-        return 0;
-    }
-    /* A dead consumer cannot clean up its partial file, and a stale copy of
-     * the dump is a stale copy of its secrets: the spill file holds it now. */
-    if (s->trigger == MDS_SPILL_TRIGGER_CONSUMER_GONE) (void)mds_platform_file_remove(path);
-    return 1;
 }
 
 /* A spill write failed: say so in the manifest (best effort) and close. */
@@ -209,10 +196,81 @@ static int give_up(mds_callback_context *ctx, int rc, const mds_error *err) {
     s->flags = (s->flags & ~MDS_SPILL_FINISHED) | MDS_SPILL_FAILED;
     append_text(s->reason, sizeof s->reason, "; spill failed: ");
     append_text(s->reason, sizeof s->reason, err->message);
-    (void)write_header(ctx, &ignored);
+    if (s->manifest != -1) (void)write_header(ctx, &ignored);
     s->active = 0;
     close_files(s);
     return rc;
+}
+
+/* Open the consumer's registered output, if it is provably this dump's (the
+ * consumer may be dead, stalled or hostile), and create the base copy beside
+ * the spill.  Returns 1 when a copy was started; the copying itself goes in
+ * slices (mds_spill_copy_step). */
+static int open_base(mds_callback_context *ctx) {
+    mds_spill_state *s = &ctx->spill;
+    mds_ring_header *h = ctx->ring->header;
+    char path[MDS_RING_PATH_SIZE], copy_path[MDS_RING_PATH_SIZE + sizeof MDS_SPILL_BASE_SUFFIX];
+    uint64_t device, inode, size;
+    size_t n;
+    mds_error err;
+    /* The dump id first (acquire): the consumer publishes it last. */
+    if (s->dump_id == 0 || mds_load_acquire_u64(&h->output_dump_id) != s->dump_id) {
+        append_text(s->reason, sizeof s->reason, "; the consumer registered no output for this dump");
+        return 0;
+    }
+    /* Bounded copies out of the shared page before any check: the consumer
+     * can rewrite it at any time. */
+    memcpy(path, h->consumer_output, sizeof path);
+    device = mds_load_relaxed_u64(&h->output_device);
+    inode = mds_load_relaxed_u64(&h->output_inode);
+    n = strnlen(path, sizeof path);
+    if (n == 0 || n == sizeof path || !mds_platform_path_is_absolute(path)) return 0;
+    memcpy(s->base_path, path, n + 1);
+    if (mds_platform_file_open_registered(path, device, inode, ctx->begun_unix_ns, &s->base_source, &size, &err) !=
+        MDS_OK) {
+        append_text(s->reason, sizeof s->reason, "; consumer output not used: ");
+        append_text(s->reason, sizeof s->reason, err.message);
+        return 0;
+    }
+    /* Everything released lies below the dump's highest end so far; the rest
+     * of the file is the consumer's preallocation or unreleased work. */
+    s->base_length = size < ctx->highest_end ? size : ctx->highest_end;
+    copy_path[0] = '\0';
+    append_text(copy_path, sizeof copy_path, ctx->options.spill_path);
+    append_text(copy_path, sizeof copy_path, MDS_SPILL_BASE_SUFFIX);
+    if (mds_platform_file_create(copy_path, &s->base_copy, &err) != MDS_OK) {
+        mds_platform_file_close(s->base_source);
+        s->base_source = -1;
+        append_text(s->reason, sizeof s->reason, "; base copy not created: ");
+        append_text(s->reason, sizeof s->reason, err.message);
+        return 0;
+    }
+    s->flags |= MDS_SPILL_BASE_COPY;
+    return 1;
+}
+
+int mds_spill_copy_step(mds_callback_context *ctx, uint64_t deadline_ns, mds_error *err) {
+    mds_spill_state *s = &ctx->spill;
+    uint64_t copied = 0;
+    int rc;
+    if (s->base_source == -1 || s->base_copy == -1) return MDS_OK;
+    if (s->base_copied < s->base_length) {
+        rc = mds_platform_file_copy_range(s->base_source, s->base_copy, s->base_copied,
+                                          s->base_length - s->base_copied, deadline_ns, &copied, err);
+        s->base_copied += copied;
+        if (rc != MDS_OK) return give_up(ctx, rc, err);
+        if (s->base_copied < s->base_length && mds_now_ns() < deadline_ns)
+            return give_up(ctx,
+                           mds_set_error(err, MDS_ERR_SYS, 0, "the consumer's output %s shrank to %llu bytes while it was copied",
+                                         s->base_path, (unsigned long long)s->base_copied),
+                           err);
+    }
+    if (s->base_copied >= s->base_length) {
+        s->flags |= MDS_SPILL_BASE_COMPLETE;
+        mds_platform_file_close(s->base_source);
+        s->base_source = -1;
+    }
+    return MDS_OK;
 }
 
 int mds_spill_begin(mds_callback_context *ctx, uint32_t trigger, const char *why, mds_error *err) {
@@ -239,7 +297,6 @@ int mds_spill_begin(mds_callback_context *ctx, uint32_t trigger, const char *why
                              "cannot spill: the ring's released position %llu is outside [%llu, %llu]",
                              (unsigned long long)resume, (unsigned long long)(end > ring->capacity ? end - ring->capacity : 0),
                              (unsigned long long)end);
-    if (resume < s->ring_start_pos) resume = s->ring_start_pos; /* earlier dumps' records are not ours */
     s->resume_pos = resume;
     s->ring_end_pos = end;
 
@@ -255,8 +312,12 @@ int mds_spill_begin(mds_callback_context *ctx, uint32_t trigger, const char *why
     }
     if ((rc = write_header(ctx, err)) != MDS_OK) return give_up(ctx, rc, err);
 
-    /* Nothing of this dump released yet: the spill file alone is the dump. */
-    if (resume == s->ring_start_pos || copy_base(ctx)) s->flags |= MDS_SPILL_BASE_COMPLETE;
+    /* Only the BEGIN record released: nothing of the dump is outside the ring. */
+    if (resume <= MDS_RING_RECORD_HEADER + MDS_BEGIN_PAYLOAD) s->flags |= MDS_SPILL_BASE_COMPLETE;
+    else if (open_base(ctx) && (rc = mds_spill_copy_step(ctx, mds_now_ns() + MDS_SPILL_COPY_SLICE_NS, err)) != MDS_OK)
+        return rc;
+    /* The consumer's output is open here (or will not be used): it may go. */
+    mds_ring_release_output(ring);
     if ((rc = replay_ring(ctx, resume, end, err)) != MDS_OK) return give_up(ctx, rc, err);
     if ((rc = write_header(ctx, err)) != MDS_OK) return give_up(ctx, rc, err);
     s->active = 1;
@@ -280,8 +341,9 @@ int mds_spill_write(mds_callback_context *ctx, uint64_t offset, const void *data
     return MDS_OK;
 }
 
-int mds_spill_finish(mds_callback_context *ctx, mds_error *err) {
+int mds_spill_finish(mds_callback_context *ctx, uint64_t deadline_ns, mds_error *err) {
     mds_spill_state *s = &ctx->spill;
+    mds_error ignored;
     int rc;
     if (!s->active) return mds_set_error(err, MDS_ERR_ARG, 0, "no spill in progress");
     if (s->pending.length) {
@@ -290,14 +352,35 @@ int mds_spill_finish(mds_callback_context *ctx, mds_error *err) {
         s->buffer[s->buffered++] = s->pending;
         s->pending.length = 0;
     }
+    if ((rc = mds_spill_copy_step(ctx, deadline_ns, err)) != MDS_OK) return rc;
     if ((rc = flush_extents(ctx, err)) != MDS_OK ||
-        /* Bytes past the last spilled write that came from the consumer's
-         * part (or a gap DbgHelp never filled) read as zeros, as in a file
-         * DbgHelp writes itself. */
-        (rc = mds_platform_file_extend(s->file, ctx->highest_end, err)) != MDS_OK ||
-        (rc = mds_platform_file_sync(s->file, err)) != MDS_OK)
+        /* Exactly the dump's size: bytes past the last spilled write that
+         * came from the consumer's part (or a gap DbgHelp never filled) read
+         * as zeros, as in a file DbgHelp writes itself. */
+        (rc = mds_platform_file_set_size(s->file, ctx->highest_end, err)) != MDS_OK ||
+        (rc = mds_platform_file_sync(s->file, err)) != MDS_OK ||
+        (s->base_copy != -1 && (rc = mds_platform_file_sync(s->base_copy, err)) != MDS_OK))
         return give_up(ctx, rc, err);
     s->flags |= MDS_SPILL_FINISHED;
+    if (!(s->flags & MDS_SPILL_BASE_COMPLETE)) {
+        /* Honest failure: without the consumer's part the spill is not the dump. */
+        if (s->flags & MDS_SPILL_BASE_COPY)
+            rc = mds_set_error(err, MDS_ERR_TIMEOUT, 0,
+                               "the spill is incomplete: copying the consumer's part (%llu of %llu bytes) did not "
+                               "finish before the deadline; %s holds it",
+                               (unsigned long long)s->base_copied, (unsigned long long)s->base_length, s->base_path);
+        else
+            rc = mds_set_error(err, MDS_ERR_PERMISSION, 0,
+                               "the spill is incomplete: the consumer had released part of the dump and left no "
+                               "usable output of it (%s)",
+                               s->reason);
+        append_text(s->reason, sizeof s->reason, "; incomplete");
+        (void)write_header(ctx, &ignored);
+        (void)mds_platform_file_sync(s->manifest, &ignored);
+        s->active = 0;
+        close_files(s);
+        return rc;
+    }
     if ((rc = write_header(ctx, err)) != MDS_OK || (rc = mds_platform_file_sync(s->manifest, err)) != MDS_OK)
         return give_up(ctx, rc, err);
     s->active = 0;
@@ -307,7 +390,7 @@ int mds_spill_finish(mds_callback_context *ctx, mds_error *err) {
 
 void mds_spill_close(mds_callback_context *ctx) {
     mds_spill_state *s = &ctx->spill;
-    if (s->file != -1 || s->manifest != -1) {
+    if (s->file != -1 || s->manifest != -1 || s->base_source != -1 || s->base_copy != -1) {
         mds_error ignored;
         if (s->manifest != -1 && s->buffered) (void)flush_extents(ctx, &ignored);
         close_files(s);
@@ -321,7 +404,6 @@ void mds_callback_spill_info(const mds_callback_context *ctx, mds_spill_info *ou
     out->spilled = s->active || s->closed;
     out->flags = s->flags;
     out->trigger = s->trigger;
-    out->base_bytes = s->base_bytes;
     out->resume_pos = s->resume_pos;
     out->ring_end_pos = s->ring_end_pos;
     out->replayed_records = s->replayed_records;
@@ -329,5 +411,8 @@ void mds_callback_spill_info(const mds_callback_context *ctx, mds_spill_info *ou
     out->direct_writes = s->direct_writes;
     out->direct_bytes = s->direct_bytes;
     out->extent_count = s->extent_count;
+    out->base_length = s->base_length;
+    out->base_copied = s->base_copied;
+    out->base_bytes = s->base_copied;
     memcpy(out->reason, s->reason, sizeof out->reason);
 }

@@ -309,7 +309,8 @@ static void *producer_main(void *arg) {
 
     switch (r->cfg->ending) {
     case END_FINISH:
-        rc = mds_ring_finish(ring, &err);
+        /* Success means the consumer verified the END record and committed. */
+        rc = mds_ring_finish(ring, 60ull * 1000000000ull, &err);
         if (rc != MDS_OK) fail(r, "producer: finish failed: %s", err.message);
         /* Writing into a finished ring is refused, never blocks. */
         rc = mds_ring_write(ring, 0, r->prod_buf, 1, 0, &err);
@@ -514,7 +515,14 @@ static void *consumer_main(void *arg) {
                 fail(r, "consumer: span [%" PRIu64 ", %" PRIu64 "): %s", start, end, err.message);
                 goto out;
             }
-            mds_ring_advance(ring, end);
+            {
+                /* The transaction's accounting: BEGIN/END checked, DATA folded. */
+                uint64_t n, b, h;
+                if (mds_ring_take(ring, start, end, &n, &b, &h, &err) != MDS_OK) {
+                    fail(r, "consumer: take [%" PRIu64 ", %" PRIu64 "): %s", start, end, err.message);
+                    goto out;
+                }
+            }
             r->batches++;
             mds_store_relaxed_u64(&r->cons_done, e.completed);
             if (r->cfg->hold_batches && held < r->cfg->hold_batches && below(&pause_state, 2)) {
@@ -531,7 +539,11 @@ static void *consumer_main(void *arg) {
             mds_ring_release(ring, held_end);
             held = 0;
         }
-        if (rc == MDS_END) break;
+        if (rc == MDS_END) {
+            rc = mds_ring_commit(ring, &err);
+            if (rc != MDS_OK) fail(r, "consumer: commit failed: %s", err.message);
+            break;
+        }
         if (rc == MDS_EMPTY) {
             r->empty_waits++;
             rc = mds_ring_wait_data(ring, 50ull * 1000000ull, &err);

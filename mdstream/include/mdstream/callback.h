@@ -22,6 +22,9 @@ extern "C" {
 #define MDS_HRESULT_UNEXPECTED ((HRESULT)0x8000FFFFL)  /* E_UNEXPECTED: protocol misuse */
 #define MDS_HRESULT_FAIL ((HRESULT)0x80004005L)        /* E_FAIL */
 #define MDS_HRESULT_SPILL_FAILED ((HRESULT)0x8007001DL) /* HRESULT_FROM_WIN32(ERROR_WRITE_FAULT): the spill file failed */
+#define MDS_HRESULT_INCOMPLETE ((HRESULT)0x8007001EL)   /* HRESULT_FROM_WIN32(ERROR_READ_FAULT): the consumer's part of the
+                                                          * dump could not be recovered into the spill */
+#define MDS_HRESULT_RING_USED ((HRESULT)0x800700AAL)    /* HRESULT_FROM_WIN32(ERROR_BUSY): the ring already carried a dump */
 
 /* The ring's abort code after a spill (customer bit, severity success: the
  * dump is not lost); the reason is MDS_SPILL_REASON_PREFIX + the spill path. */
@@ -30,12 +33,15 @@ extern "C" {
 
 /* Spill manifest (docs/spill-format.md). */
 #define MDS_SPILL_MAGIC "MDSPILL1"
-#define MDS_SPILL_VERSION 1u
+#define MDS_SPILL_VERSION 2u
 #define MDS_SPILL_HEADER_SIZE 4096u
 #define MDS_SPILL_MANIFEST_SUFFIX ".mdspill"
+#define MDS_SPILL_BASE_SUFFIX ".mdspill-base"
 #define MDS_SPILL_FINISHED 0x1u       /* IoFinish reached: every write is in the spill file */
-#define MDS_SPILL_BASE_COMPLETE 0x2u  /* the spill file alone is the dump */
+#define MDS_SPILL_BASE_COMPLETE 0x2u  /* the spill (with its base copy, if any) holds the whole dump */
 #define MDS_SPILL_FAILED 0x4u         /* a spill write failed: see the reason */
+#define MDS_SPILL_BASE_COPY 0x8u      /* SPILL.mdspill-base holds a copy of the consumer's released part */
+#define MDS_SPILL_COPY_SLICE_NS 5000000ull /* base copying per later write, so no callback waits long */
 #define MDS_SPILL_TRIGGER_CONSUMER_GONE 1u
 #define MDS_SPILL_TRIGGER_STALLED 2u
 #define MDS_SPILL_TRIGGER_RING_UNUSABLE 3u
@@ -67,7 +73,9 @@ typedef struct mds_callback_options {
      * consumer is gone, the ring unusable, or no space for spill_after_ns),
      * write the rest of the dump to this file instead.  "" = never spill. */
     char spill_path[MDS_RING_PATH_SIZE];
-    uint64_t spill_after_ns;       /* stall tolerated before spilling (0 = deadline_ns) */
+    uint64_t spill_after_ns;       /* total time this dump may wait for its consumer before it spills
+                                    * (0 = half of deadline_ns, so the spill keeps the other half) */
+    uint64_t dump_deadline_ns;     /* whole-dump budget for waiting on the consumer, from IoStart (0 = none) */
 } mds_callback_options;
 
 typedef struct mds_spill_extent {
@@ -81,10 +89,14 @@ typedef struct mds_spill_state {
     int closed;                    /* finished or given up: files closed */
     intptr_t file;                 /* the spill file (-1 = none) */
     intptr_t manifest;             /* its .mdspill manifest */
+    intptr_t base_source;          /* the consumer's output, opened once and verified (-1 = none) */
+    intptr_t base_copy;            /* SPILL.mdspill-base (-1 = none) */
+    uint64_t base_length;          /* bytes of the consumer's output to copy */
+    uint64_t base_copied;
+    uint64_t dump_id;
     uint32_t flags;                /* MDS_SPILL_* */
     uint32_t trigger;
-    uint64_t ring_start_pos;       /* producer position when this dump started */
-    uint64_t base_bytes, resume_pos, ring_end_pos;
+    uint64_t resume_pos, ring_end_pos;
     uint64_t replayed_records, replayed_bytes, direct_writes, direct_bytes;
     uint64_t extent_count;         /* extents in the manifest file */
     uint64_t started_unix_ns;
@@ -108,6 +120,10 @@ typedef struct mds_callback_context {
     uint32_t extra_memory_next;
     int io_started;
     int finished;
+    int in_use;                    /* holds mds_ring_begin_use from IoStart to the dump's end */
+    uint64_t dump_deadline_abs;    /* CLOCK_MONOTONIC end of the whole-dump budget (0 = none) */
+    uint64_t stalled_ns;           /* time this dump waited for its consumer so far */
+    uint64_t begun_unix_ns;
     /* first failure: HRESULT and reason, valid once failed != 0 */
     int failed;
     HRESULT failure_status;
@@ -129,7 +145,7 @@ typedef struct mds_spill_info {
     int spilled;                   /* the dump went (partly) to the spill file */
     uint32_t flags, trigger;
     uint64_t base_bytes, resume_pos, ring_end_pos, replayed_records, replayed_bytes, direct_writes, direct_bytes,
-        extent_count;
+        extent_count, base_length, base_copied;
     char reason[256];
 } mds_spill_info;
 void mds_callback_spill_info(const mds_callback_context *ctx, mds_spill_info *out);
@@ -137,7 +153,11 @@ void mds_callback_spill_info(const mds_callback_context *ctx, mds_spill_info *ou
 /* Spill internals, shared by callback.c and spill.c. */
 int mds_spill_begin(mds_callback_context *ctx, uint32_t trigger, const char *why, mds_error *err);
 int mds_spill_write(mds_callback_context *ctx, uint64_t offset, const void *data, uint64_t length, mds_error *err);
-int mds_spill_finish(mds_callback_context *ctx, mds_error *err);
+/* Copy more of the consumer's part into the base copy, until deadline_ns. */
+int mds_spill_copy_step(mds_callback_context *ctx, uint64_t deadline_ns, mds_error *err);
+/* At IoFinish: flush, finish the base copy by deadline_ns, size, fsync.
+ * MDS_OK only when the spill holds the whole dump. */
+int mds_spill_finish(mds_callback_context *ctx, uint64_t deadline_ns, mds_error *err);
 void mds_spill_close(mds_callback_context *ctx);
 
 /* Snapshot of the counters, safe to call while the routine runs elsewhere. */
@@ -167,6 +187,8 @@ typedef struct mds_simulation {
     const uint32_t *lengths;
     const uint64_t *sources;       /* position of each write's bytes in buffer */
     uint64_t count;
+    int abandon;                   /* stop after the last write without IoFinish (a writer that failed) */
+    int time_calls;                /* measure the longest callback (two clock reads per call) */
     /* progress and outcome (atomics while running) */
     uint64_t completed;            /* IoWriteAll calls that returned TRUE + S_OK */
     uint32_t done;                 /* futex-able flag: 1 once the thread ended */
@@ -176,6 +198,8 @@ typedef struct mds_simulation {
     BOOL failed_return;
     HRESULT failed_status;
     uint64_t elapsed_ns;
+    uint64_t longest_call_ns;      /* with time_calls */
+    ULONG longest_call_type;
     /* thread */
     void *thread;                  /* platform thread handle */
     int started;
