@@ -35,7 +35,9 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -422,6 +424,30 @@ def test_wine_native_agent_crash_handler_runs(wine: Wine, shm_ring: Any) -> None
     assert proc.returncode == 1, err
     # Normally "(no IoFinishCallback: ...)"; should Wine's writer itself fail, "(the writer failed)".
     assert "MiniDumpWriteDump did not complete the dump" in err, err
+
+
+@pytest.mark.extended
+def test_wine_run_sh_by_hand(wine: Wine, tmp_path: Path) -> None:
+    """wine/run.sh --arch ARCH as a user runs it, from the repository root, after `pip install .`: the
+    unbuilt source tree (./mdstream) must not shadow the installed package, a missing OUT is created
+    (0700, nested), and a second run into the same OUT refuses to replace the first one's files."""
+    repo = tmp_path / "clone"
+    (repo / "wine").mkdir(parents=True)
+    (repo / "mdstream").mkdir()
+    (repo / "mdstream" / "__init__.py").write_text('raise ImportError("imported the unbuilt source tree")\n')
+    for name in ("run.sh", "harness.c"):
+        shutil.copy2(WINE_DIR / name, repo / "wine" / name)
+    out = tmp_path / "not" / "yet"
+    env = {**wine.env, "OUT": str(out), "PYTHON": sys.executable, "WINE": wine.loader}
+    proc = subprocess.run(["bash", "wine/run.sh", "--arch", wine.arch], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"{wine.arch}: drained" in proc.stdout and "identical to Wine's own file: True" in proc.stdout
+    assert (out / "ring.dmp").read_bytes() == (out / "wine.dmp").read_bytes()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    again = subprocess.run(["bash", "wine/run.sh", "--arch", wine.arch], cwd=repo, env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 1 and "ring.dmp exists" in again.stderr and "--force" in again.stderr
 
 
 # ---- wine: Wine's real MiniDumpWriteDump -----------------------------------------------------------
