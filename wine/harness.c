@@ -28,12 +28,15 @@
  * Usage:
  *   harness.exe dump --ring RING [--type FLAGS] [--target child|self] [--ballast MB]
  *                    [--tee FILE] [--trace FILE] [--exact] [--deadline S]
- *   harness.exe probe              Wine version, pids, the dbghelp imports it would hook
+ *   harness.exe probe              Wine version, pids, the dbghelp imports it would hook,
+ *                                  the callback declarations' sizes and offsets
  *   harness.exe child ...          (internal) the process being dumped
  * Prints one JSON object on stdout.  Exit status: 0 dump streamed, 1 dump
  * failed, 2 usage or setup error.
  *
  * Build: x86_64-w64-mingw32-gcc -std=gnu11 -O2 -I$(mdstream include) wine/harness.c $(core sources) -o harness.exe
+ * and run with wine64; for x86, build with i686-w64-mingw32-gcc and run with
+ * 32-bit Wine (/usr/lib/wine/wine).  wine/run.sh --arch x64|x86 does both.
  */
 #ifndef _WIN32
 #error "wine/harness.c is a Windows program: build it with mingw-w64 and run it under Wine (or Windows)"
