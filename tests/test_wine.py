@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import stat
@@ -551,6 +552,29 @@ def test_wine_full_memory_dump_streams_byte_identical(wine: Wine, shm_ring: Any,
     assert np.array_equal(ballast, _splitmix64(length // 8))  # the child's memory arrived intact
     print(f"\nwine {wine.arch} full-memory dump: {size / 1e6:.1f} MB, {report['writes']:,} writes, {seconds:.1f} s "
           f"(harness {report['seconds']:.2f} s)")
+
+
+@pytest.mark.extended
+def test_wine_killed_producer_is_noticed_by_the_linux_drain(wine: Wine, shm_ring: Any) -> None:
+    """SIGKILL the Wine process mid-dump: the Linux drain, with no other hint (no producer_failed), must
+    see from the ring's producer pid that the producer is gone and stop - not wait for its timeout.
+    It can only if the ring holds the Unix pid of the Wine process (x86: the int 0x80 getpid)."""
+    rng = random.Random(0x18)
+    for _ in range(3):
+        ring, name = shm_ring(64 << 10)
+        proc = wine.popen("harness.exe", "dump", "--ring", wine.path(name), "--type", str(FULL_MEMORY),
+                          "--ballast", "16")
+        deadline = time.monotonic() + 60
+        while ring.producer_pid == 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ring.producer_pid == proc.pid, (ring.producer_pid, proc.pid)  # the dump has started
+        time.sleep(rng.uniform(0, 0.3))
+        proc.kill()
+        proc.communicate(timeout=30)
+        started = time.monotonic()
+        with pytest.raises(mdstream.ProducerGoneError, match=f"producer process {proc.pid} is gone"):
+            mdstream.drain(ring, [mdstream.NullSink()], timeout=30)
+        assert time.monotonic() - started < 10  # noticed by the liveness check, far from the 30 s timeout
 
 
 @pytest.mark.extended
