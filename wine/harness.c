@@ -28,12 +28,15 @@
  * Usage:
  *   harness.exe dump --ring RING [--type FLAGS] [--target child|self] [--ballast MB]
  *                    [--tee FILE] [--trace FILE] [--exact] [--deadline S]
- *   harness.exe probe              Wine version, pids, the dbghelp imports it would hook
+ *   harness.exe probe              Wine version, pids, the dbghelp imports it would hook,
+ *                                  the callback declarations' sizes and offsets
  *   harness.exe child ...          (internal) the process being dumped
  * Prints one JSON object on stdout.  Exit status: 0 dump streamed, 1 dump
  * failed, 2 usage or setup error.
  *
  * Build: x86_64-w64-mingw32-gcc -std=gnu11 -O2 -I$(mdstream include) wine/harness.c $(core sources) -o harness.exe
+ * and run with wine64; for x86, build with i686-w64-mingw32-gcc and run with
+ * 32-bit Wine (/usr/lib/wine/wine).  wine/run.sh --arch x64|x86 does both.
  */
 #ifndef _WIN32
 #error "wine/harness.c is a Windows program: build it with mingw-w64 and run it under Wine (or Windows)"
@@ -49,6 +52,7 @@
 #include "mdstream/ring.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -414,15 +418,90 @@ typedef struct dump_thread_args {
     MINIDUMP_TYPE type;
     BOOL ok;
     DWORD error;
+    DWORD thread_id; /* the thread that called MiniDumpWriteDump */
 } dump_thread_args;
 
 static DWORD WINAPI dump_thread(LPVOID arg) {
     dump_thread_args *a = (dump_thread_args *)arg;
     io.active = 1;
+    a->thread_id = GetCurrentThreadId();
     a->ok = a->write_dump(a->process, a->pid, a->file, a->type, NULL, NULL, io.info);
     a->error = a->ok ? 0 : GetLastError();
     io.active = 0;
     return 0;
+}
+
+/* ---- what the writer handed the routine -------------------------------------------
+ * A hook in the callback context (mds_callback_hook: mds_dump_callback calls
+ * it for every non-I/O callback, then gives its default answer) records the
+ * fields of the ModuleCallback and ThreadCallback inputs that Wine's dbghelp
+ * filled, read through mdstream's own declarations.  The test compares them
+ * with the modules and threads of the dump Wine wrote: they agree only if the
+ * writer and mdstream/dbghelp.h agree on the layout (the union's offset,
+ * pointer sizes, the CONTEXT size) of this ABI.  Wine still calls
+ * mds_dump_callback itself, through its WINAPI (__stdcall on x86) pointer. */
+
+#define MAX_SEEN 64
+
+static struct seen_inputs {
+    unsigned modules, threads;           /* how many were seen (may exceed MAX_SEEN) */
+    struct {
+        uint64_t base;
+        uint32_t size;
+        char path[MAX_PATH * 3 + 1];     /* FullPath as UTF-8 */
+    } module[MAX_SEEN];
+    struct {
+        uint32_t id, context_size;
+        uint64_t stack_base, stack_end;
+    } thread[MAX_SEEN];
+} seen;
+
+static int observe_input(void *unused, PMINIDUMP_CALLBACK_INPUT input, PMINIDUMP_CALLBACK_OUTPUT output) {
+    (void)unused;
+    (void)output;
+    if (input->CallbackType == ModuleCallback) {
+        if (seen.modules < MAX_SEEN) {
+            const WCHAR *path = input->Module.FullPath;
+            int n = 0, len = 0;
+            seen.module[seen.modules].base = input->Module.BaseOfImage;
+            seen.module[seen.modules].size = input->Module.SizeOfImage;
+            if (path) {
+                while (len < MAX_PATH && path[len]) len++;
+                n = WideCharToMultiByte(CP_UTF8, 0, (LPCWCH)path, len, seen.module[seen.modules].path,
+                                        (int)sizeof seen.module[0].path - 1, NULL, NULL);
+            }
+            seen.module[seen.modules].path[n > 0 ? n : 0] = '\0';
+        }
+        seen.modules++;
+    } else if (input->CallbackType == ThreadCallback) {
+        if (seen.threads < MAX_SEEN) {
+            seen.thread[seen.threads].id = input->Thread.ThreadId;
+            seen.thread[seen.threads].context_size = input->Thread.SizeOfContext;
+            seen.thread[seen.threads].stack_base = input->Thread.StackBase;
+            seen.thread[seen.threads].stack_end = input->Thread.StackEnd;
+        }
+        seen.threads++;
+    }
+    return -1; /* mds_dump_callback's default answer */
+}
+
+static void json_string(const char *s);
+
+static void print_seen(void) {
+    unsigned i;
+    printf("\"seen_modules\": %u, \"modules\": [", seen.modules);
+    for (i = 0; i < seen.modules && i < MAX_SEEN; i++) {
+        printf("%s{\"base\": %llu, \"size\": %lu, \"path\": ", i ? ", " : "", (unsigned long long)seen.module[i].base,
+               (unsigned long)seen.module[i].size);
+        json_string(seen.module[i].path);
+        printf("}");
+    }
+    printf("], \"seen_threads\": %u, \"threads\": [", seen.threads);
+    for (i = 0; i < seen.threads && i < MAX_SEEN; i++)
+        printf("%s{\"id\": %lu, \"context_size\": %lu, \"stack_base\": %llu, \"stack_end\": %llu}", i ? ", " : "",
+               (unsigned long)seen.thread[i].id, (unsigned long)seen.thread[i].context_size,
+               (unsigned long long)seen.thread[i].stack_base, (unsigned long long)seen.thread[i].stack_end);
+    printf("], ");
 }
 
 /* ---- commands ------------------------------------------------------------------------- */
@@ -447,8 +526,22 @@ static int run_probe(void) {
         wine = get();
     }
     dll = load_dbghelp();
-    printf("{\"wine\": \"%s\", \"windows_pid\": %lu, \"ring_pid\": %u, \"pointer_bits\": %u, \"imports\": [",
+    printf("{\"wine\": \"%s\", \"windows_pid\": %lu, \"ring_pid\": %u, \"pointer_bits\": %u, ",
            wine ? wine : "", (unsigned long)GetCurrentProcessId(), mds_platform_pid(), (unsigned)(sizeof(void *) * 8));
+    /* The declarations this build hands Wine's writer (mdstream/dbghelp.h),
+     * named as in mdstream.dbghelp's reference table. */
+    printf("\"layout\": {\"sizeof MINIDUMP_CALLBACK_INPUT\": %u, \"MINIDUMP_CALLBACK_INPUT.CallbackType\": %u, "
+           "\"MINIDUMP_CALLBACK_INPUT.Io.Offset\": %u, \"MINIDUMP_CALLBACK_INPUT.Io.BufferBytes\": %u, "
+           "\"sizeof MINIDUMP_MODULE_CALLBACK\": %u, \"MINIDUMP_MODULE_CALLBACK.SizeOfImage\": %u, "
+           "\"sizeof MINIDUMP_THREAD_CALLBACK\": %u, \"MINIDUMP_THREAD_CALLBACK.StackBase\": %u, "
+           "\"sizeof MINIDUMP_CALLBACK_OUTPUT\": %u, \"sizeof MINIDUMP_CALLBACK_INFORMATION\": %u}, ",
+           (unsigned)sizeof(MINIDUMP_CALLBACK_INPUT), (unsigned)offsetof(MINIDUMP_CALLBACK_INPUT, CallbackType),
+           (unsigned)offsetof(MINIDUMP_CALLBACK_INPUT, Io.Offset),
+           (unsigned)offsetof(MINIDUMP_CALLBACK_INPUT, Io.BufferBytes), (unsigned)sizeof(MINIDUMP_MODULE_CALLBACK),
+           (unsigned)offsetof(MINIDUMP_MODULE_CALLBACK, SizeOfImage), (unsigned)sizeof(MINIDUMP_THREAD_CALLBACK),
+           (unsigned)offsetof(MINIDUMP_THREAD_CALLBACK, StackBase), (unsigned)sizeof(MINIDUMP_CALLBACK_OUTPUT),
+           (unsigned)sizeof(MINIDUMP_CALLBACK_INFORMATION));
+    printf("\"imports\": [");
     hook_module_imports(dll, hooks, 3, 1, stdout);
     printf("]}\n");
     return 0;
@@ -535,6 +628,7 @@ static int run_dump(int argc, char **argv) {
         options.publish_bytes = 0;
     }
     mds_callback_context_init(&ctx, &ring, &options);
+    ctx.hook = observe_input;
     info.CallbackRoutine = mds_dump_callback;
     info.CallbackParam = &ctx;
 
@@ -637,7 +731,8 @@ static int run_dump(int argc, char **argv) {
     printf("{\"ok\": %s, \"writer_returned\": %d, \"writer_error\": \"0x%08lX\", \"writes\": %llu, \"bytes\": %llu, "
            "\"size\": %llu, \"seeks\": %llu, \"seek_backs\": %llu, \"zero_writes\": %llu, \"max_write\": %llu, "
            "\"callback_writes\": %llu, \"callback_bytes\": %llu, \"highest_end\": %llu, \"seconds\": %.3f, "
-           "\"target\": \"%s\", \"target_pid\": %lu, \"windows_pid\": %lu, \"ring_pid\": %u, \"hooked\": %d, "
+           "\"target\": \"%s\", \"target_pid\": %lu, \"windows_pid\": %lu, \"writer_thread\": %lu, \"ring_pid\": %u, "
+           "\"hooked\": %d, "
            "\"pointer_mismatch\": %d, \"trace_records\": %llu, \"trace_failed\": %d, \"ballast_address\": %llu, "
            "\"ballast_bytes\": %llu, ",
            io.finished ? "true" : "false", (int)args.ok, (unsigned long)args.error, (unsigned long long)io.writes,
@@ -645,9 +740,10 @@ static int run_dump(int argc, char **argv) {
            (unsigned long long)io.seek_backs, (unsigned long long)io.zero_writes, (unsigned long long)io.max_write,
            (unsigned long long)counters.writes, (unsigned long long)counters.bytes,
            (unsigned long long)counters.highest_end, (double)elapsed / 1e9, target, (unsigned long)args.pid,
-           (unsigned long)GetCurrentProcessId(), mds_platform_pid(), hooked, io.pointer_mismatch,
+           (unsigned long)GetCurrentProcessId(), (unsigned long)args.thread_id, mds_platform_pid(), hooked, io.pointer_mismatch,
            (unsigned long long)trace.records, trace.failed, (unsigned long long)ballast_address,
            (unsigned long long)ballast << 20);
+    print_seen();
     printf("\"calls\": {");
     for (i = 0; i <= MDS_CALLBACK_TYPES; i++) {
         if (counters.calls[i] == 0) continue;

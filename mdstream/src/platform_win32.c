@@ -143,16 +143,23 @@ static int wine_host(void) {
     return (int)value;
 }
 
-/* The Unix pid of this process when it runs under Wine on Linux x86-64, else
- * 0.  Wine runs PE code natively inside a Linux process, so the getpid system
- * call answers directly; never executed on Windows, where the same
- * instruction would be an NT system call. */
+/* The Unix pid of this process when it runs under Wine on Linux x86-64 or
+ * x86, else 0.  Wine runs PE code natively inside a Linux process, so the
+ * getpid system call answers directly: `syscall` for 64-bit code, `int $0x80`
+ * (the i386 system-call table) for 32-bit code, which works both in Wine's
+ * 32-bit Linux process (wine32) and in a 64-bit one running 32-bit code.
+ * Never executed on Windows, where these instructions are an NT system call
+ * and a fault. */
 static uint32_t wine_unix_pid(void) {
-#if defined(__GNUC__) && defined(__x86_64__)
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
     static uint32_t cached;
     if (cached == 0 && wine_host() == 2) {
         long ret;
+#if defined(__x86_64__)
         __asm__ volatile("syscall" : "=a"(ret) : "a"(39L) /* __NR_getpid */ : "rcx", "r11", "memory");
+#else
+        __asm__ volatile("int $0x80" : "=a"(ret) : "a"(20L) /* __NR_getpid (i386) */ : "memory");
+#endif
         if (ret > 0 && ret <= 0x7FFFFFFFL) cached = (uint32_t)ret;
     }
     return cached;
@@ -243,7 +250,8 @@ int mds_pid_alive(uint32_t pid) {
         /* Rings written under Wine hold Unix pids (mds_platform_pid), and a
          * Linux peer's pid is a Unix pid too.  A pid that is not a Unix
          * process may still be a Windows pid of a Wine process that could not
-         * learn its Unix pid (32-bit code). */
+         * learn its Unix pid (a build without GCC-style inline assembly,
+         * e.g. MSVC). */
         int unix_alive = wine_unix_pid_alive(pid);
         if (unix_alive == 1) return 1;
         return windows_pid_alive(pid) || unix_alive < 0;
