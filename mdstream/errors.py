@@ -23,6 +23,13 @@ __all__ = [
     "ProducerGoneError",
     "ConsumerGoneError",
     "DumpFailedError",
+    "LinuxDumpError",
+    "ProcessNotFoundError",
+    "PtracePermissionError",
+    "ProcessExitedError",
+    "ZombieProcessError",
+    "SnapshotTimeoutError",
+    "UnsupportedPlatformError",
     "DumpSpilledError",
     "SpillFormatError",
     "SPILL_ABORT_CODE",
@@ -140,3 +147,58 @@ class DumpFailedError(MdstreamError):
         self.hresult = hresult & 0xFFFFFFFF
         self.reason = reason
         self.callback_type = callback_type
+
+
+class UnsupportedPlatformError(MdstreamError, NotImplementedError):
+    """The function needs another system: ``mdstream.windows.write_dump`` off Windows,
+    ``mdstream.linux.write_dump`` off Linux x86-64."""
+
+
+class LinuxDumpError(MdstreamError):
+    """Dumping a live Linux process failed; ``sys_errno`` is the system error when there was one."""
+
+    def __init__(self, message: str, sys_errno: int = 0) -> None:
+        super().__init__(message)
+        self.sys_errno = sys_errno
+
+    def __reduce__(self):  # keep sys_errno across pickling
+        return (type(self), (str(self), self.sys_errno))
+
+
+class ProcessNotFoundError(LinuxDumpError, ProcessLookupError):
+    """No process has that pid."""
+
+
+class PtracePermissionError(LinuxDumpError, PermissionError):
+    """ptrace refused to attach (other user, ptrace_scope, no CAP_SYS_PTRACE, or already traced)."""
+
+
+class ProcessExitedError(LinuxDumpError):
+    """The process exited while it was being snapshotted."""
+
+
+class ZombieProcessError(LinuxDumpError):
+    """The process has exited and is waiting to be reaped: nothing is left to dump."""
+
+
+class SnapshotTimeoutError(LinuxDumpError, TimeoutError):
+    """Some threads did not stop before the deadline (the process was resumed)."""
+
+
+_LINUX_DUMP_ERRORS: dict[int, type[MdstreamError]] = {
+    3: ProcessNotFoundError,
+    4: PtracePermissionError,
+    5: ProcessExitedError,
+    6: ZombieProcessError,
+    7: SnapshotTimeoutError,
+}
+
+
+def linux_dump_error(status: int, sys_errno: int, message: str) -> BaseException:
+    """The exception for a status of the Linux writer's C core (``MDL_ERR_*``; used by ``mdstream._linux``)."""
+    if status == 1:
+        return ValueError(message)
+    if status == 8:
+        return UnsupportedPlatformError(message)
+    cls = _LINUX_DUMP_ERRORS.get(status, LinuxDumpError)
+    return cls(message, sys_errno)  # type: ignore[call-arg]

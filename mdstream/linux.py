@@ -19,6 +19,15 @@ import sys
 from typing import Any, Callable, Sequence
 
 from mdstream import errors
+from mdstream.errors import (
+    LinuxDumpError,
+    ProcessExitedError,
+    ProcessNotFoundError,
+    PtracePermissionError,
+    SnapshotTimeoutError,
+    UnsupportedPlatformError,
+    ZombieProcessError,
+)
 from mdstream.pipeline import DEFAULT_RING_CAPACITY, Progress, Sink, StreamResult, drain
 
 __all__ = [
@@ -34,55 +43,9 @@ __all__ = [
 ]
 
 
-class LinuxDumpError(errors.MdstreamError):
-    """Dumping a live Linux process failed; ``sys_errno`` is the system error when there was one."""
-
-    def __init__(self, message: str, sys_errno: int = 0) -> None:
-        super().__init__(message)
-        self.sys_errno = sys_errno
-
-
-class ProcessNotFoundError(LinuxDumpError, ProcessLookupError):
-    """No process has that pid."""
-
-
-class PtracePermissionError(LinuxDumpError, PermissionError):
-    """ptrace refused to attach (other user, ptrace_scope, no CAP_SYS_PTRACE, or already traced)."""
-
-
-class ProcessExitedError(LinuxDumpError):
-    """The process exited while it was being snapshotted."""
-
-
-class ZombieProcessError(LinuxDumpError):
-    """The process has exited and is waiting to be reaped: nothing is left to dump."""
-
-
-class SnapshotTimeoutError(LinuxDumpError, TimeoutError):
-    """Some threads did not stop before the deadline (the process was resumed)."""
-
-
-class UnsupportedPlatformError(LinuxDumpError, NotImplementedError):
-    """The Linux writer runs on Linux x86-64 only."""
-
-
-_ERRORS: dict[int, type[LinuxDumpError]] = {
-    3: ProcessNotFoundError,
-    4: PtracePermissionError,
-    5: ProcessExitedError,
-    6: ZombieProcessError,
-    7: SnapshotTimeoutError,
-    8: UnsupportedPlatformError,
-}
-
-
 def error_for(status: int, errno: int, message: str) -> BaseException:
-    """The exception for a C status (used by the extension)."""
-    if status == 1:
-        return ValueError(message)
-    if status == 9:  # the calling process itself
-        return LinuxDumpError(message, errno)
-    return _ERRORS.get(status, LinuxDumpError)(message, errno)
+    """The exception for a C status (kept for callers of the old name; see :func:`mdstream.errors.linux_dump_error`)."""
+    return errors.linux_dump_error(status, errno, message)
 
 
 def supported() -> bool:

@@ -23,6 +23,8 @@ from typing import Any, Iterator, Union
 import numpy as np
 import numpy.typing as npt
 
+from mdstream._files import map_file
+
 __all__ = [
     "HEADER_SIZE",
     "DIRECTORY_ENTRY_SIZE",
@@ -322,9 +324,7 @@ def _as_array(source: Source) -> tuple[npt.NDArray[np.uint8], str]:
         return source, "<buffer>"
     if isinstance(source, (bytes, bytearray, memoryview)):
         return np.frombuffer(source, dtype=np.uint8), "<buffer>"
-    from mdstream.schedules import _map_file
-
-    return _map_file(source), os.path.basename(os.fspath(source))
+    return map_file(source), os.path.basename(os.fspath(source))
 
 
 def check_header(data: npt.NDArray[np.uint8], name: str = "<buffer>") -> tuple[int, ...]:

@@ -11,7 +11,7 @@ the last record's data.  ``reserved`` is written as 0 and ignored when read.
 Replaying a trace applies ``pwrite(offset, data)`` for every record in order.
 
 :func:`read_trace` memory-maps a trace and returns a
-:class:`~mdstream.schedules.WritePlan` whose ``buffer`` *is* the mapping:
+:class:`~mdstream.plan.WritePlan` whose ``buffer`` *is* the mapping:
 ``sources`` point at each record's data, nothing is copied.  Finding the
 records is a chain (each header says where the next one starts); for large
 traces of small records the chain is followed by many speculative "lanes" in
@@ -32,7 +32,8 @@ from typing import Any, Union
 import numpy as np
 import numpy.typing as npt
 
-from mdstream.schedules import WritePlan
+from mdstream._files import map_file
+from mdstream.plan import WritePlan
 
 __all__ = ["MAGIC", "RECORD_HEADER_SIZE", "TraceFormatError", "TraceWriter", "is_trace", "read_trace"]
 
@@ -87,19 +88,11 @@ def _load(source: TraceSource) -> tuple[npt.NDArray[np.uint8], str]:
         return np.frombuffer(source, dtype=np.uint8), "<buffer>"
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"read_trace() wants a path or a bytes-like object, not {type(source).__name__}")
-    import mmap
-
-    name = os.path.basename(os.fspath(source))
-    with open(source, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return np.zeros(0, dtype=np.uint8), name
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    return np.frombuffer(mm, dtype=np.uint8), name
+    return map_file(source), os.path.basename(os.fspath(source))
 
 
 def read_trace(path_or_buffer: TraceSource) -> WritePlan:
-    """Read an MDTRACE1 trace into a :class:`~mdstream.schedules.WritePlan` (the records, in order).
+    """Read an MDTRACE1 trace into a :class:`~mdstream.plan.WritePlan` (the records, in order).
 
     A path is memory-mapped read-only and the plan's ``buffer`` is the
     mapping; bytes-like objects and uint8 arrays are used in place.  Raises

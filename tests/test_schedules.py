@@ -50,6 +50,7 @@ def _helpers() -> types.ModuleType:
 
 
 schedules = _pure("schedules")
+plan_module = _pure("plan")
 trace = _pure("trace")
 minidump = _pure("minidump")
 helpers = _helpers()
@@ -146,7 +147,7 @@ def test_apply_equals_naive_loop(writes: list[tuple[int, int, int]]) -> None:
 
 def test_apply_windows_and_big_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Overlapping writes across several windows, and large writes on the slice path."""
-    monkeypatch.setattr(schedules, "_BATCH_BYTES", 1000)
+    monkeypatch.setattr(plan_module, "_BATCH_BYTES", 1000)
     rng = np.random.default_rng(2)
     buffer = rng.integers(0, 256, 50_000, dtype=np.uint8).tobytes()
     writes = [(int(rng.integers(0, 40_000)), int(rng.integers(0, 9000)), int(rng.integers(0, 40_000)))
