@@ -294,8 +294,8 @@ class MdstreamCase(Case):
                 os.sched_setaffinity(0, original)
         wall = time.perf_counter() - wall0
         cpu1 = _cpu_times()
-        if result.bytes != self.plan.total_bytes or result.writes != self.plan.count:
-            raise RuntimeError(f"{self.key}: drained {result.bytes} bytes / {result.writes} writes, "
+        if result.written_bytes != self.plan.total_bytes or result.writes != self.plan.count:
+            raise RuntimeError(f"{self.key}: drained {result.written_bytes} bytes / {result.writes} writes, "
                                f"expected {self.plan.total_bytes} / {self.plan.count}")
         if cpu0 is not None and cpu1 is not None and wall > 0:
             consumer = cpu1[1] - cpu0[1]
@@ -946,7 +946,7 @@ def _rss_child(total_bytes: int, write_size: int, ring_capacity: int, directory:
     size = os.path.getsize(path)
     os.unlink(path)
     print(json.dumps({
-        "dump_bytes": int(result.bytes), "file_bytes": size, "writes": int(result.writes), "seconds": seconds,
+        "dump_bytes": int(result.written_bytes), "file_bytes": size, "writes": int(result.writes), "seconds": seconds,
         "rss_before": rss_before, "maxrss_before": maxrss_before, "maxrss": maxrss,
         "hwm_streaming": hwm if hwm_reset else None,
     }))

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["WritePlan", "backward_writes"]
+from mdstream.errors import WritePlanError
+
+__all__ = ["WritePlan", "WritePlanError", "backward_writes"]
 
 _MAX_FILE_OFFSET = (1 << 63) - 1  # pwrite's off_t
 
@@ -57,12 +59,30 @@ class WritePlan:
             return 0
         return int(self.lengths.sum(dtype=np.uint64))
 
+    @property
+    def rewritten_bytes(self) -> int:
+        """Bytes written again over bytes an earlier write of the plan already wrote
+        (``total_bytes`` minus the size of the union of all writes)."""
+        keep = np.flatnonzero(self.lengths != 0)
+        if keep.size == 0:
+            return 0
+        offs = self.offsets[keep].astype(np.int64)
+        ends = offs + self.lengths[keep].astype(np.int64)
+        order = np.argsort(offs, kind="stable")
+        offs, ends = offs[order], ends[order]
+        reach = np.maximum.accumulate(ends)
+        start = offs.copy()
+        start[1:] = np.maximum(offs[1:], reach[:-1])       # what earlier writes have not covered yet
+        covered = int(np.maximum(ends - start, 0).sum())
+        return self.total_bytes - covered
+
     def __repr__(self) -> str:
         return (f"WritePlan(name={self.name!r}, count={self.count}, size={self.size}, "
                 f"total_bytes={self.total_bytes}, buffer={self.buffer.size} bytes)")
 
     def validate(self) -> None:
-        """Check types, shapes and bounds; raise :class:`ValueError` naming the first problem.
+        """Check types, shapes and bounds; raise :class:`~mdstream.errors.WritePlanError`
+        (a ``ValueError``) naming the first problem.
 
         Checks: ``buffer`` is 1-D C-contiguous ``uint8``; ``offsets``/``sources``
         are 1-D C-contiguous ``uint64`` and ``lengths`` ``uint32``, all of one
@@ -78,22 +98,22 @@ class WritePlan:
         ]
         for label, arr, dtype in arrays:
             if not isinstance(arr, np.ndarray):
-                raise ValueError(f"{self.name or 'plan'}: {label} must be a numpy array, not {type(arr).__name__}")
+                raise WritePlanError(f"{self.name or 'plan'}: {label} must be a numpy array, not {type(arr).__name__}")
             if arr.dtype != np.dtype(dtype):
-                raise ValueError(f"{self.name or 'plan'}: {label} must have dtype {np.dtype(dtype)}, not {arr.dtype}")
+                raise WritePlanError(f"{self.name or 'plan'}: {label} must have dtype {np.dtype(dtype)}, not {arr.dtype}")
             if arr.ndim != 1:
-                raise ValueError(f"{self.name or 'plan'}: {label} must be 1-D, not {arr.ndim}-D")
+                raise WritePlanError(f"{self.name or 'plan'}: {label} must be 1-D, not {arr.ndim}-D")
             if not arr.flags.c_contiguous:
-                raise ValueError(f"{self.name or 'plan'}: {label} must be C-contiguous")
+                raise WritePlanError(f"{self.name or 'plan'}: {label} must be C-contiguous")
         n = self.offsets.shape[0]
         if self.lengths.shape[0] != n or self.sources.shape[0] != n:
-            raise ValueError(f"{self.name or 'plan'}: offsets, lengths and sources differ in length "
+            raise WritePlanError(f"{self.name or 'plan'}: offsets, lengths and sources differ in length "
                              f"({n}, {self.lengths.shape[0]}, {self.sources.shape[0]})")
         if not isinstance(self.size, (int, np.integer)) or isinstance(self.size, bool) or self.size < 0:
-            raise ValueError(f"{self.name or 'plan'}: size must be a non-negative int, not {self.size!r}")
+            raise WritePlanError(f"{self.name or 'plan'}: size must be a non-negative int, not {self.size!r}")
         if n == 0:
             if self.size != 0:
-                raise ValueError(f"{self.name or 'plan'}: size is {self.size} but the plan has no writes")
+                raise WritePlanError(f"{self.name or 'plan'}: size is {self.size} but the plan has no writes")
             return
         bufsize = np.uint64(self.buffer.size)
         lengths64 = self.lengths.astype(np.uint64)
@@ -102,17 +122,17 @@ class WritePlan:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             s, ln = int(self.sources[i]), int(self.lengths[i])
-            raise ValueError(f"{self.name or 'plan'}: write {i}: source range [{s}, {s + ln}) "
+            raise WritePlanError(f"{self.name or 'plan'}: write {i}: source range [{s}, {s + ln}) "
                              f"is past the end of the buffer ({self.buffer.size} bytes)")
         limit = np.uint64(_MAX_FILE_OFFSET)
         bad = (self.offsets > limit) | (lengths64 > limit - np.minimum(self.offsets, limit))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{self.name or 'plan'}: write {i}: destination [{int(self.offsets[i])}, "
+            raise WritePlanError(f"{self.name or 'plan'}: write {i}: destination [{int(self.offsets[i])}, "
                              f"{int(self.offsets[i]) + int(self.lengths[i])}) does not fit a file offset (2**63)")
         end = int((self.offsets + lengths64).max())
         if int(self.size) != end:
-            raise ValueError(f"{self.name or 'plan'}: size is {int(self.size)} but the writes end at {end}")
+            raise WritePlanError(f"{self.name or 'plan'}: size is {int(self.size)} but the writes end at {end}")
 
     def apply(self) -> npt.NDArray[np.uint8]:
         """The expected output: every write applied in order (later writes win, gaps are zero).

@@ -30,6 +30,7 @@ oracle of "pwrite every write in order") reproduces the file byte for byte.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import os
 from typing import Any, Union
@@ -38,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mdstream._files import map_file, read_with_room
+from mdstream.errors import InputFileError, ScheduleError
 from mdstream.minidump import HEADER_SIZE, Region, check_header, iter_regions
 from mdstream.plan import WritePlan, backward_writes
 from mdstream.trace import is_trace, read_trace
@@ -67,11 +69,6 @@ DEFAULT_CHUNK: dict[str, int] = {"sequential": 64 * 1024, "shuffled": 4 * 1024, 
 
 #: Fraction of chunks the ``shuffled`` schedule first writes with garbage.
 GARBAGE_FRACTION = 0.10
-
-class ScheduleError(ValueError):
-    """A schedule or synthetic plan was asked for with bad parameters
-    (unknown name, ``chunk <= 0``, a missing or nonsensical size, ...)."""
-
 
 # --------------------------------------------------------------------------
 # Helpers shared by the builders
@@ -130,9 +127,9 @@ def plan_for(source_path: PathLike, schedule: str = "writer", chunk: int | None 
     seed = _check_seed(seed)
     if is_trace(source_path):
         return read_trace(source_path)
-    data = map_file(source_path)
-    name = os.path.basename(os.fspath(source_path))
-    check_header(data, name)
+    data = map_file(source_path, "minidump")
+    check_header(data, os.fspath(source_path))   # errors name the path as given
+    name = os.path.basename(os.fspath(source_path))  # plans are labelled with the file's name
     if schedule == "sequential":
         return _sequential(data, chunk or DEFAULT_CHUNK["sequential"], name)
     if schedule == "shuffled":
@@ -171,7 +168,7 @@ def _shuffled(path: PathLike, size: int, chunk: int, seed: int, name: str) -> Wr
     g_lens = lens[garbage]
     buf, scratch = read_with_room(path, int(g_lens.sum()))
     if scratch != size:
-        raise OSError(f"{name}: file changed size while being read")
+        raise InputFileError(errno.EIO, f"{os.fspath(path)}: the file changed size while being read", os.fspath(path))
     data = buf[:size]
     g_src = scratch + np.cumsum(g_lens) - g_lens
     for gs, c, ln in zip(g_src, garbage, g_lens):

@@ -386,7 +386,7 @@ def test_replay_of_real_dumps_is_byte_identical(dump, schedule, tmp_path):
     out = tmp_path / "out.dmp"
     result = replay(dump, schedule=schedule, sinks=[FileSink(out)], ring_capacity=1 << 16, coalesce=False)
     assert hashlib.sha256(out.read_bytes()).hexdigest() == hashlib.sha256(original).hexdigest()
-    assert result.final_size == len(original)
+    assert result.output_size == len(original)
     assert result.writes >= result.records or schedule == "sequential"
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+import mdstream._ring
+import mdstream._sinks
 from mdstream import FileSink, Ring, cli
 from mdstream.cli import main, parse_size
 from mdstream.sample import build_sample_minidump
@@ -28,7 +30,8 @@ from mdstream.sample import build_sample_minidump
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "dumps"
 FIXTURE_DUMPS = sorted(FIXTURES.glob("*.dmp")) if FIXTURES.is_dir() else []
 SCHEDULES = ["writer", "sequential", "shuffled"]
-RESULT_KEYS = {"bytes", "writes", "records", "seconds", "gbps", "output", "sha256", "size"}
+RESULT_KEYS = {"format", "status", "written_bytes", "output_size", "rewritten_bytes", "writes", "records", "seconds", "gbps",
+               "output", "sha256", "size"}
 
 needs_fixtures = pytest.mark.skipif(not FIXTURE_DUMPS, reason="../shared/fixtures/dumps is absent")
 
@@ -125,9 +128,12 @@ def test_replay_fixture_byte_identical(capsys, tmp_path, dump, schedule):
     assert result["sha256"] == hashlib.sha256(original).hexdigest() == sha256(out)
     assert RESULT_KEYS | {"schedule"} <= set(result)
     assert result["schedule"] == schedule
-    assert result["size"] == len(original) == result["final_size"]
-    assert result["output"] == str(out.resolve())
-    assert result["bytes"] >= len(original)
+    assert result["format"] == "mdstream-replay/1"
+    assert result["size"] == len(original) == result["output_size"]
+    assert result["output"] == str(out.resolve()) and result["source"] == os.path.abspath(dump)
+    # Every schedule covers the whole file, so what was written beyond its size was written twice.
+    assert result["written_bytes"] >= len(original)
+    assert result["rewritten_bytes"] == result["written_bytes"] - len(original)
     assert result["writes"] == result["planned_writes"] >= 1
     assert result["status"] == "ok"
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
@@ -140,10 +146,10 @@ def test_replay_fixture_byte_identical(capsys, tmp_path, dump, schedule):
 def test_replay_sample_every_schedule(capsys, tmp_path, sample_path, schedule):
     out = tmp_path / "out.dmp"
     result = run_json(capsys, ["replay", str(sample_path), "-o", str(out), "--schedule", schedule, "--chunk", "2K",
-                               "--seed", "5", "--ring-size", "64K", "--json"])
+                               "--seed", "5", "--ring-capacity", "64K", "--json"])
     assert out.read_bytes() == sample_path.read_bytes()
     assert result["sha256"] == sha256(sample_path)
-    assert result["ring_size"] == 64 * 1024 and result["chunk"] == 2048
+    assert result["ring_capacity"] == 64 * 1024 and result["chunk"] == 2048
     parsed = pypi_parse(out)
     assert parsed == pypi_parse(sample_path)
     assert len(parsed["threads"]) == 3 and len(parsed["modules"]) == 2 and len(parsed["memory"]) == 9
@@ -165,10 +171,13 @@ def test_replay_quiet_prints_nothing(capsys, tmp_path, sample_path):
     assert out.read_bytes() == sample_path.read_bytes()
 
 
-def test_replay_overwrites_existing_output(capsys, tmp_path, sample_path):
+def test_replay_refuses_an_existing_output_without_force(capsys, tmp_path, sample_path):
     out = tmp_path / "out.dmp"
     out.write_bytes(b"old contents")
-    run_json(capsys, ["replay", str(sample_path), "-o", str(out), "--json"])
+    assert main(["replay", str(sample_path), "-o", str(out)]) == 1
+    assert_one_error_line(capsys.readouterr().err, str(out), "exists; use --force to replace it")
+    assert out.read_bytes() == b"old contents" and leftovers(tmp_path) == []
+    run_json(capsys, ["replay", str(sample_path), "-o", str(out), "--json", "--force"])
     assert out.read_bytes() == sample_path.read_bytes()
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
@@ -232,8 +241,14 @@ def test_demo_json(capsys, tmp_path):
     result = run_json(capsys, ["demo", "--json", "-o", str(tmp_path / "d.dmp")])
     assert result["identical"] is True
     assert result["sha256"] == result["expected_sha256"] == hashlib.sha256(build_sample_minidump(0)).hexdigest()
-    assert result["kib_writes"] > 100  # 1 KiB memory chunks, as DbgHelp writes them
-    assert result["backward_writes"] > 0
+    sizes = result["write_sizes"]
+    assert sizes["1024"] > 100  # 1 KiB memory chunks, as DbgHelp writes them
+    assert sum(sizes.values()) == result["writes"]  # the breakdown adds up
+    assert result["seeks_back"] > 0
+    # The header and directory are written twice (placeholders, then the real values).
+    assert result["written_bytes"] == result["output_size"] + result["rewritten_bytes"]
+    assert result["output_size"] == result["sample_size"] and result["rewritten_bytes"] > 0
+    assert result["format"] == "mdstream-demo/1"
     assert result["streams"][:3] == ["ThreadListStream", "ModuleListStream", "MemoryListStream"]
     assert RESULT_KEYS <= set(result)
 
@@ -323,10 +338,10 @@ def test_drain_from_another_process(capsys, tmp_path, sample_path, ring_name):
     assert out.read_bytes() == sample_path.read_bytes()
     assert result["sha256"] == sha256(sample_path)
     assert RESULT_KEYS <= set(result) and "schedule" not in result
-    assert result["ring"] == ring_name
+    assert result["ring"] == ring_name and result["format"] == "mdstream-drain/1"
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     writes = int(stdout.split()[-1])
-    assert result["bytes"] >= sample_path.stat().st_size and writes > 100
+    assert result["written_bytes"] >= sample_path.stat().st_size and writes > 100
 
 
 def test_drain_missing_ring(capsys, tmp_path):
@@ -397,7 +412,7 @@ def test_drain_producer_dies(capsys, tmp_path, ring_name):
 
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(cli, "Ring", types.SimpleNamespace(attach=attach_then_release))
+            mp.setattr(mdstream._ring, "Ring", types.SimpleNamespace(attach=attach_then_release))
             rc = main(["drain", ring_name, "-o", str(out), "--timeout", "20"])
     finally:
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -613,14 +628,14 @@ class FailingFileSink(FileSink):
 @pytest.fixture
 def failing_sink(monkeypatch):
     FailingFileSink.seen = 0
-    monkeypatch.setattr(cli, "FileSink", FailingFileSink)
+    monkeypatch.setattr(mdstream._sinks, "FileSink", FailingFileSink)  # the CLI imports it when it runs
     return FailingFileSink
 
 
 def test_disk_full_leaves_nothing(capsys, tmp_path, sample_path, failing_sink, monkeypatch):
     monkeypatch.setattr(failing_sink, "error", OSError(errno.ENOSPC, "writing out.dmp: No space left on device"))
     out = tmp_path / "out.dmp"
-    assert main(["replay", str(sample_path), "-o", str(out), "--ring-size", "8K", "--schedule", "sequential",
+    assert main(["replay", str(sample_path), "-o", str(out), "--ring-capacity", "8K", "--schedule", "sequential",
                  "--chunk", "1K"]) == 1
     assert_one_error_line(capsys.readouterr().err, "No space left on device")
     assert not out.exists() and leftovers(tmp_path) == []
@@ -630,7 +645,7 @@ def test_failed_replay_keeps_the_old_file(capsys, tmp_path, sample_path, failing
     monkeypatch.setattr(failing_sink, "error", OSError(errno.EIO, "Input/output error"))
     out = tmp_path / "out.dmp"
     out.write_bytes(b"yesterday's dump")
-    assert main(["replay", str(sample_path), "-o", str(out), "--ring-size", "8K"]) == 1
+    assert main(["replay", str(sample_path), "-o", str(out), "--ring-capacity", "8K", "--force"]) == 1
     assert_one_error_line(capsys.readouterr().err, "Input/output error")
     assert out.read_bytes() == b"yesterday's dump"
     assert leftovers(tmp_path) == []
@@ -639,16 +654,16 @@ def test_failed_replay_keeps_the_old_file(capsys, tmp_path, sample_path, failing
 def test_keyboard_interrupt(capsys, tmp_path, sample_path, failing_sink, monkeypatch):
     monkeypatch.setattr(failing_sink, "error", KeyboardInterrupt())
     out = tmp_path / "out.dmp"
-    assert main(["replay", str(sample_path), "-o", str(out), "--ring-size", "8K"]) == 130
+    assert main(["replay", str(sample_path), "-o", str(out), "--ring-capacity", "8K"]) == 130
     err = capsys.readouterr().err
-    assert err.strip() == "mdstream: interrupted"
+    assert err.strip() == "mdstream: error: interrupted"
     assert not out.exists() and leftovers(tmp_path) == []
 
 
 def test_interrupted_trace_keeps_partial_trace(capsys, tmp_path, sample_path, failing_sink, monkeypatch):
     monkeypatch.setattr(failing_sink, "error", OSError(errno.ENOSPC, "No space left on device"))
     out, trace = tmp_path / "out.dmp", tmp_path / "t.mdtrace"
-    assert main(["replay", str(sample_path), "-o", str(out), "--trace", str(trace), "--ring-size", "8K"]) == 1
+    assert main(["replay", str(sample_path), "-o", str(out), "--trace", str(trace), "--ring-capacity", "8K"]) == 1
     assert_one_error_line(capsys.readouterr().err, "No space left on device", "partial trace", str(trace))
     assert not out.exists()
     assert trace.read_bytes()[:8] == b"MDTRACE1"
@@ -762,7 +777,8 @@ def test_progress_bar_draws_after_the_delay():
     bar = cli.ProgressBar(True, "replay", delay=1.0, file=stream)
     bar(Progress(1000, 1, 1, 0.5, 10_000))
     assert stream.getvalue() == ""  # quick runs print nothing
-    bar(Progress(4000, 4, 40, 1.2, 10_000))
+    bar.started -= 1.0  # the command has now run for the delay (planning included)
+    bar(Progress(4000, 4, 40, 0.1, 10_000))
     bar(Progress(10_000, 10, 100, 1.5, 10_000))
     bar.close()
     drawn = stream.getvalue()

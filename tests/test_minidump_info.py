@@ -381,9 +381,10 @@ def test_not_a_minidump(tmp_path: Path, raw: bytes, match: str) -> None:
 
 def test_directory_out_of_file(tmp_path: Path) -> None:
     raw = struct.pack("<IIIIIIQ", 0x504D444D, 0xA793, 5, 20, 0, 0, 0) + bytes(40)
+    path = write(tmp_path, raw)
     with pytest.raises(MinidumpFormatError) as e:
-        read_info(write(tmp_path, raw))
-    assert str(e.value) == "x.dmp: stream directory [20, 80) (5 entries) ends past end of file (size 72)"
+        read_info(path)
+    assert str(e.value) == f"{path}: stream directory [20, 80) (5 entries) ends past end of file (size 72)"
     huge = struct.pack("<IIIIIIQ", 0x504D444D, 0xA793, 0xFFFFFFFF, 32, 0, 0, 0)
     with pytest.raises(MinidumpFormatError, match="ends past end of file"):
         read_info(write(tmp_path, huge))
