@@ -202,6 +202,7 @@ def write_dump(
     from mdstream._ring import Ring
     from mdstream._sinks import FileSink, MemorySink
 
+    _check_dumpable(pid)
     ring: Ring | None = sinks_or_ring if isinstance(sinks_or_ring, Ring) else None
     sink_list: list[Sink] | None = None
     if ring is None:
@@ -216,7 +217,6 @@ def write_dump(
         if not sink_list:
             raise ValueError("no sinks")
 
-    _check_dumpable(pid)
     try:
         snapshot = Snapshot.take(
             pid,

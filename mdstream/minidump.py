@@ -289,7 +289,11 @@ class MinidumpInfo:
         ]
         rows = [("#", "type", "name", "size", "rva", "problem")]
         for s in self.streams:
-            rows.append((str(s.index), f"0x{s.type:08x}", s.type_name, str(s.data_size), f"0x{s.rva:08x}",
+            name = s.type_name
+            if s.type not in STREAM_TYPE_NAMES:
+                tag = vendor_tag(s.type)
+                name = f"unknown (vendor {tag!r})" if tag else "unknown"
+            rows.append((str(s.index), f"0x{s.type:08x}", name, str(s.data_size), f"0x{s.rva:08x}",
                          s.problem or ""))
         widths = [max(len(r[c]) for r in rows) for c in range(5)]
         for r in rows:
