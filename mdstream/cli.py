@@ -33,11 +33,11 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from mdstream import errors
 
-__all__ = ["main", "parse_size", "format_size"]
+__all__ = ["CommandError", "ProgressBar", "check_input", "check_output", "emit", "format_size", "main", "parse_size"]
 
 PROG = "mdstream"
 #: Progress appears only once a command has run this long (seconds).
@@ -364,6 +364,7 @@ def _format_name(args: argparse.Namespace) -> str:
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any], lines: Sequence[str]) -> None:
+    """Print ``lines`` (unless ``--quiet``), or with ``--json`` one object: ``format``, ``status``, ``payload``."""
     if getattr(args, "json", False):
         out = {"format": _format_name(args), "status": "ok"}
         out.update(payload)
@@ -371,6 +372,12 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], lines: Sequence[str
     elif not getattr(args, "quiet", False):
         for line in lines:
             print(line)
+
+
+# For the command groups other modules register (mdstream/cli_*.py): the same conventions.
+emit = _emit
+check_input = _check_input
+check_output = _check_output
 
 
 def _warn(message: str) -> None:

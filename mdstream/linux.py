@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from mdstream import errors
 from mdstream.errors import (

@@ -1,4 +1,5 @@
-"""MDTRACE1: a recorded sequence of offset-addressed writes (the trace format mdstream records and replays).
+"""MDTRACE1: a recorded sequence of offset-addressed writes (the trace format mdstream records and replays;
+``docs/trace-format.md`` describes it in full).
 
 ::
 

@@ -395,7 +395,7 @@ def _write_dump(
     from mdstream._callback import DumpCallback
     from mdstream._ring import Ring
     from mdstream._sinks import FileSink
-    from mdstream.pipeline import DEFAULT_RING_CAPACITY, StreamResult, drain
+    from mdstream.pipeline import DEFAULT_RING_CAPACITY, drain
 
     flags = _dump_type(dump_type)
     exc_info = _exception_info(exception)

@@ -72,3 +72,13 @@ def test_bench_usage_errors_print_the_usage_line(capsys):
 def test_bench_help_has_the_exit_status_epilogue(capsys):
     assert main(["bench", "--help"]) == 0
     assert "exit status: 0 success" in capsys.readouterr().out
+
+
+def test_one_quick_workload_is_measured_end_to_end():
+    """The default tier's run of the measuring code (the whole quick run is in the extended tier)."""
+    results = bench.run(quick=True, workloads=["1k"], peers=False, rss=False)
+    cases = results["workloads"]["1k"]["cases"]
+    for key in ("mdstream/null", "mdstream/memory", "mdstream/file", "memcpy/one-piece", "pwrite/new-file"):
+        assert cases[key]["status"] == "ok" and cases[key]["gbps"] > 0, (key, cases[key])
+    assert results["format"] == "mdstream-bench/1"
+    assert "1k:" in bench.format_table(results)

@@ -20,6 +20,7 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import NO_FIXTURES, fixture_params
 
 import mdstream._ring
 import mdstream._sinks
@@ -33,7 +34,7 @@ SCHEDULES = ["writer", "sequential", "shuffled"]
 RESULT_KEYS = {"format", "status", "written_bytes", "output_size", "rewritten_bytes", "writes", "records", "seconds", "gbps",
                "output", "sha256", "size"}
 
-needs_fixtures = pytest.mark.skipif(not FIXTURE_DUMPS, reason="../shared/fixtures/dumps is absent")
+needs_fixtures = pytest.mark.skipif(not FIXTURE_DUMPS, reason=NO_FIXTURES)
 
 
 # --------------------------------------------------------------------------
@@ -119,7 +120,7 @@ def sample_path(tmp_path_factory) -> Path:
 
 @needs_fixtures
 @pytest.mark.parametrize("schedule", SCHEDULES)
-@pytest.mark.parametrize("dump", FIXTURE_DUMPS, ids=lambda p: p.name)
+@pytest.mark.parametrize("dump", fixture_params())
 def test_replay_fixture_byte_identical(capsys, tmp_path, dump, schedule):
     out = tmp_path / "out.dmp"
     result = run_json(capsys, ["replay", str(dump), "-o", str(out), "--schedule", schedule, "--json"])
@@ -441,7 +442,7 @@ def test_drain_timeout(capsys, tmp_path, ring_name):
 
 
 @needs_fixtures
-@pytest.mark.parametrize("dump", FIXTURE_DUMPS, ids=lambda p: p.name)
+@pytest.mark.parametrize("dump", fixture_params())
 def test_info_fixture(capsys, dump):
     from mdstream.minidump import read_info
 

@@ -62,7 +62,7 @@ def test_format_modules_reexport_the_same_classes():
     assert trace.TraceFormatError is errors.TraceFormatError
     assert schedules.ScheduleError is errors.ScheduleError
     assert plan.WritePlanError is errors.WritePlanError
-    from mdstream import linux, windows
+    from mdstream import linux
 
     assert linux.UnsupportedPlatformError is errors.UnsupportedPlatformError
     assert linux.LinuxDumpError is errors.LinuxDumpError

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import fixture_dumps
+from conftest import fixture_params
 
 from mdstream import minidump
 from mdstream.cli import main
@@ -148,10 +148,8 @@ def _stackwalk() -> Path:
     return tool
 
 
-@pytest.mark.parametrize("dump", fixture_dumps() or [None], ids=lambda p: p.name if p else "none")
+@pytest.mark.parametrize("dump", fixture_params())
 def test_fixture_summaries_agree_with_minidump_stackwalk(dump):
-    if dump is None:
-        pytest.skip("fixture dumps not available (../shared/fixtures)")
     tool = _stackwalk()
     done = subprocess.run([str(tool), "--json", str(dump)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

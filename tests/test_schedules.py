@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import NO_FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -63,7 +64,7 @@ backward_writes = schedules.backward_writes
 def fixture(name: str) -> Path:
     path = DUMPS / name
     if not path.exists():
-        pytest.skip(f"fixtures not found at {FIXTURES}")
+        pytest.skip(NO_FIXTURES)
     return path
 
 

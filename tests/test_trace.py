@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
-from conftest import pure_module
+from conftest import NO_FIXTURES, pure_module
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -363,7 +363,7 @@ def test_default_scanner_on_real_dump_payloads() -> None:
     """Payloads made of real dump bytes (zeros, small ints) through the default windows."""
     path = FIXTURES / "dumps" / "dbghelp-win10-x64_tiny-exe-fastfail.dmp"
     if not path.exists():
-        pytest.skip(f"fixtures not found at {FIXTURES}")
+        pytest.skip(NO_FIXTURES)
     dump = np.fromfile(path, np.uint8)
     raw, starts = synthetic_trace(200_000, 4, 16, seed=9, dump=dump)
     plan = read_trace(raw)
