@@ -1024,6 +1024,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser(sub)
     p.epilog = _EPILOG
     p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+    from mdstream import cli_reports  # reports list|show|prune, upload
+    cli_reports.add_parsers(sub)
     return parser
 
 
