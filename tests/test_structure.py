@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
     {"schedules"},                                       # files cut into plans
     {"_ring", "_sinks", "_callback", "pipeline"},        # the ring, the callback and the consumer pipeline
     {"simulator", "_linux", "linux", "windows"},   # producers: the simulator and the platform writers
-    {"bench", "cli", "_entry", "__init__", "__main__"},  # the command line and the package's front
+    {"bench", "cli", "cli_reports", "_entry", "__init__", "__main__"},  # the command line, the package's front
 ]
 FORMATS = {"minidump", "trace", "spill"}
 
@@ -60,7 +60,16 @@ def _resolve(module: str, names: list[str], known: set[str]) -> set[str]:
     rel = module[len("mdstream"):].lstrip(".")
     if not rel:  # from mdstream import X: a submodule, or a name the package defines
         return {n if n in known else "__init__" for n in names}
-    return {rel} if rel in known else {rel.split(".")[0]} & known or {"__init__"}
+    deps: set[str] = set()
+    for n in names or [""]:
+        sub = f"{rel}.{n}" if n else ""
+        if sub in known:  # from package import submodule: the submodule, not the package's front
+            deps.add(sub)
+        elif rel in known:
+            deps.add(rel)
+        else:
+            deps |= {rel.split(".")[0]} & known or {"__init__"}
+    return deps
 
 
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:
@@ -132,6 +141,7 @@ def test_the_checker_finds_circles():
     known = {"errors", "plan", "linux"}
     assert _resolve("mdstream", ["errors", "Ring"], known) == {"errors", "__init__"}
     assert _resolve("mdstream.plan", ["WritePlan"], known) == {"plan"}
+    assert _resolve("mdstream.pkg", ["mod", "name"], {"pkg", "pkg.mod"}) == {"pkg.mod", "pkg"}
 
 
 def test_the_checker_sees_lazy_imports(tmp_path):
