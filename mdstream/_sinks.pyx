@@ -232,9 +232,9 @@ cdef class FileSink:
         self.fd = -1
         try:
             publish(self.temp_path, self.path, self.overwrite)
-        except OutputExistsError:
+        except OutputExistsError as exc:
             self.state = "aborted"  # abort() must not remove the only copy of this dump
-            raise OutputExistsError(17, f"{self.path} appeared while the dump was being written; "
+            raise OutputExistsError(exc.errno, f"{self.path} appeared while the dump was being written; "
                                         f"the new dump is kept in {self.temp_path}", self.path) from None
         if self.durable:
             fsync_directory(os.path.dirname(self.path))
