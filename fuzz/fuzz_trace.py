@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Fuzz the MDTRACE1 reader, ``mdstream.trace.read_trace``, against a
-reference parser written straight from the format (docs/formats/mdtrace.md).
+reference parser written straight from the format (docs/trace-format.md).
 
 The first input byte chooses how the rest is used (``m = byte % 32``):
 

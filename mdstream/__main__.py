@@ -1,5 +1,6 @@
 import sys
 
-from mdstream.cli import main
+from mdstream._entry import run
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(run())

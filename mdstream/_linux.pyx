@@ -117,9 +117,9 @@ STATUS_NAMES = {
 
 
 cdef int raise_error(int status, mdl_error *err) except -1:
-    from mdstream import linux
+    from mdstream import errors
     message = err.message.decode("utf-8", "replace")
-    raise linux.error_for(int(status), int(err.sys_errno), message)
+    raise errors.linux_dump_error(int(status), int(err.sys_errno), message)
 
 
 cdef class Snapshot:

@@ -11,6 +11,7 @@ import stat
 from typing import Callable
 
 from mdstream import errors
+from mdstream.errors import OutputExistsError
 
 _CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -42,6 +43,9 @@ def create_private_temp(path: str | os.PathLike[str], suffix: str = ".mdstream-p
             fd = os.open(temp, _CREATE, 0o600)
         except FileExistsError:
             continue
+        except OSError as exc:
+            # Name the output the caller asked for, not our hidden temporary name.
+            raise type(exc)(exc.errno, f"cannot create {given}: {exc.strerror}", given) from None
         os.fchmod(fd, 0o600)  # whatever the umask
         return fd, temp, final
     raise FileExistsError(errno.EEXIST, "cannot create a temporary file beside it", given)
@@ -82,3 +86,40 @@ def fsync_directory(directory: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def exists_error(final: str) -> OutputExistsError:
+    """The error for an output that exists and may not be replaced."""
+    return OutputExistsError(errno.EEXIST, f"{final} exists; pass overwrite=True to replace it", final)
+
+
+def check_new_output(final: str, overwrite: bool) -> None:
+    """Refuse an existing output up front (before any work) unless ``overwrite``."""
+    if not overwrite and os.path.lexists(final):
+        raise exists_error(final)
+
+
+def publish(temp: str, final: str, overwrite: bool) -> None:
+    """Move the finished temporary file to ``final``; without ``overwrite``, never replace anything.
+
+    Raises :class:`~mdstream.errors.OutputExistsError` if ``final`` exists (it
+    may have appeared while the output was written); ``temp`` is then left in
+    place for the caller to keep or remove.
+    """
+    if overwrite:
+        os.replace(temp, final)  # replaces a symlink at ``final`` itself, never its target
+        return
+    try:
+        # link() fails if ``final`` exists, atomically: no window for a file or symlink to appear.
+        os.link(temp, final, follow_symlinks=False)
+    except FileExistsError:
+        raise exists_error(final) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        # A file system without hard links: the best left is check, then rename.
+        if os.path.lexists(final):
+            raise exists_error(final) from None
+        os.replace(temp, final)
+        return
+    os.unlink(temp)

@@ -13,7 +13,8 @@ cimport numpy as cnp
 
 from mdstream._core cimport *
 from mdstream._ring cimport Batch, Ring, SPAN_END, SPAN_TIMEOUT, raise_for, set_batch_span
-from mdstream._private_files import create_private_temp, fsync_directory
+from mdstream._private_files import check_new_output, create_private_temp, fsync_directory, publish
+from mdstream.errors import OutputExistsError
 
 cnp.import_array()
 
@@ -168,13 +169,16 @@ cdef class FileSink:
     aborted dump leaves nothing under the final name; with
     ``keep_partial=True`` the partial file is kept as ``PATH.partial``.  Files
     are created 0600 and symlinks are never followed.  The final size is the
-    highest offset + length.
+    highest offset + length.  An existing ``path`` is refused
+    (:class:`~mdstream.errors.OutputExistsError`, at construction and again at
+    the rename) unless ``overwrite=True``.
     """
     cdef int fd
     cdef readonly str path
     cdef readonly str temp_path
     cdef readonly bint keep_partial
     cdef readonly bint durable
+    cdef readonly bint overwrite
     cdef readonly uint64_t records
     cdef readonly uint64_t bytes
     cdef readonly uint64_t highest_end
@@ -183,7 +187,9 @@ cdef class FileSink:
     def __cinit__(self):
         self.fd = -1
 
-    def __init__(self, path, *, keep_partial=False, fsync=True):
+    def __init__(self, path, *, keep_partial=False, fsync=True, overwrite=False):
+        self.overwrite = bool(overwrite)
+        check_new_output(os.path.abspath(os.fspath(path)), self.overwrite)
         fd, temp, final = create_private_temp(path, ".mdstream-partial")
         self.fd = fd
         self.temp_path = temp
@@ -236,7 +242,11 @@ cdef class FileSink:
         os.close(self.fd)
         self.fd = -1
         try:
-            os.replace(self.temp_path, self.path)
+            publish(self.temp_path, self.path, self.overwrite)
+        except OutputExistsError as exc:
+            self.state = "aborted"  # abort() must not remove the only copy of this dump
+            raise OutputExistsError(exc.errno, f"{self.path} appeared while the dump was being written; "
+                                        f"the new dump is kept in {self.temp_path}", self.path) from None
         except OSError as exc:
             self.state = "open"   # abort() may still remove the partial file
             raise OSError(exc.errno, f"cannot put the dump in place at {self.path}: {exc.strerror}") from None
@@ -290,11 +300,12 @@ cdef class FileSink:
 
 
 cdef class TraceSink:
-    """Records what was drained as an MDTRACE1 trace (``../formats/mdtrace.md``).
+    """Records what was drained as an MDTRACE1 trace (``docs/trace-format.md``).
 
     Written privately beside ``path`` and renamed into place by :meth:`finish`;
     :meth:`abort` keeps the trace (it shows what arrived before the failure)
-    unless ``keep_on_abort=False``.
+    unless ``keep_on_abort=False``.  An existing ``path`` is refused unless
+    ``overwrite=True``.
     """
     cdef mds_trace_writer writer
     cdef bint writer_ready
@@ -302,6 +313,7 @@ cdef class TraceSink:
     cdef readonly str path
     cdef readonly str temp_path
     cdef readonly bint keep_on_abort
+    cdef readonly bint overwrite
     cdef readonly str state
     cdef uint64_t final_records
 
@@ -310,8 +322,10 @@ cdef class TraceSink:
         self.writer_ready = False
         self.final_records = 0
 
-    def __init__(self, path, *, keep_on_abort=True):
+    def __init__(self, path, *, keep_on_abort=True, overwrite=False):
         cdef mds_error err
+        self.overwrite = bool(overwrite)
+        check_new_output(os.path.abspath(os.fspath(path)), self.overwrite)
         fd, temp, final = create_private_temp(path, ".mdtrace-partial")
         self.fd = fd
         self.temp_path = temp
@@ -359,7 +373,7 @@ cdef class TraceSink:
             if rc != MDS_OK:
                 raise OSError(err.sys_errno, f"writing {self.path}: {os.strerror(err.sys_errno)}")
             return None
-        os.replace(self.temp_path, final_path)
+        publish(self.temp_path, final_path, self.overwrite)
         return final_path
 
     def finish(self):

@@ -1,8 +1,21 @@
 """The ``mdstream`` command (also ``python -m mdstream``).
 
-Subcommands: ``demo``, ``replay``, ``drain``, ``info``, ``dump``, ``spill``.  Exit status:
-0 success, 1 failure (one ``mdstream: error: ...`` line on stderr, no
-traceback), 2 usage error, 130 interrupted (Ctrl-C).
+Subcommands: ``demo``, ``replay``, ``drain``, ``info``, ``dump``, ``spill``,
+``bench``.  Conventions every command follows:
+
+* exit status: 0 success, 1 failure (one ``mdstream: error: ...`` line on
+  stderr, no traceback), 2 usage error (a usage line, then the error),
+  130 interrupted (Ctrl-C), 141 output pipe closed;
+* an existing output is refused unless ``--force`` (a dump you already have is
+  worth more than the new one);
+* ``--json`` prints one JSON object on stdout with a ``"format":
+  "mdstream-<command>/1"`` key and absolute paths; a failure under ``--json``
+  is the object ``{"format": ..., "status": "error", "error": MESSAGE, "exit": N}``
+  on stdout (and the usual line on stderr).
+
+Only the standard library is imported at start-up (``import mdstream`` is
+light too), so Ctrl-C at any moment ends in the one-line message, not a
+traceback.
 """
 
 from __future__ import annotations
@@ -15,33 +28,73 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
+import threading
+import time
 from typing import Any, Callable, Sequence
 
-from mdstream import FileSink, Ring, TraceSink, errors
-from mdstream.pipeline import DEFAULT_RING_CAPACITY, Progress, drain
+from mdstream import errors
 
-__all__ = ["main", "parse_size"]
+__all__ = ["CommandError", "ProgressBar", "check_input", "check_output", "emit", "format_size", "main", "parse_size"]
 
 PROG = "mdstream"
-#: Progress bars appear only for runs longer than this (seconds).
+#: Progress appears only once a command has run this long (seconds).
 PROGRESS_DELAY = 1.0
 #: MDS_RING_MAX_CAPACITY in ring.h (16 GiB).
-MAX_RING_SIZE = 1 << 34
-DEFAULT_DUMP_TYPE = "WithDataSegs|WithHandleData|WithUnloadedModules|WithThreadInfo"
+MAX_RING_CAPACITY = 1 << 34
+#: The pipeline's default ring capacity (mdstream.pipeline.DEFAULT_RING_CAPACITY, without importing it).
+DEFAULT_RING_CAPACITY = 4 * 1024 * 1024
+#: The ring file's magic and its header page (docs/ring-format.md).
+RING_MAGIC = b"MDSRING1"
+RING_HEADER_SIZE = 4096
 
 _EPILOG = """\
-exit status: 0 success, 1 failure (one 'mdstream: error: ...' line on stderr),
-2 usage error, 130 interrupted, 141 output pipe closed.  Run 'mdstream demo' to see the whole path work."""
+exit status: 0 success, 1 failure (one 'mdstream: error: ...' line on stderr; with --json
+also {"status": "error", ...} on stdout), 2 usage error, 130 interrupted, 141 output pipe closed.
+An existing output is never replaced without --force.  Run 'mdstream demo' to see the whole path work."""
 
 
 class CommandError(Exception):
-    """A failure the CLI reports as one line (``code`` is the exit status)."""
+    """A failure the CLI reports as one line (``code`` is the exit status).
 
-    def __init__(self, message: str, code: int = 1) -> None:
+    ``reported``: the command already printed its JSON report (``info`` of a
+    damaged dump), so no JSON error object follows it.
+    """
+
+    def __init__(self, message: str, code: int = 1, *, reported: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.reported = reported
+
+
+class UsageError(Exception):
+    """A usage error found by a parser (raised instead of argparse's print-and-exit)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors come back to :func:`main` (for ``--json``) instead of exiting."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise UsageError(self, message)
+
+
+class _RunState:
+    """What a command has done so far, for the message of an interruption."""
+
+    def __init__(self) -> None:
+        self.completed: list[str] = []   # outputs renamed into place
+
+    def output_done(self, path: str) -> None:
+        self.completed.append(path)
+
+
+_RUN = _RunState()
 
 
 # --------------------------------------------------------------------------
@@ -61,6 +114,18 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 
+def format_size(n: int) -> str:
+    """``17179869184`` -> ``"16 GiB"``; exact binary units when they divide, else bytes."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n:,} bytes"
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else (plural or word + 's')}"
+
+
 def _size_arg(minimum: int = 1, maximum: int | None = None) -> Callable[[str], int]:
     def convert(text: str) -> int:
         try:
@@ -68,9 +133,9 @@ def _size_arg(minimum: int = 1, maximum: int | None = None) -> Callable[[str], i
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} is smaller than {minimum}")
+            raise argparse.ArgumentTypeError(f"{text!r} is smaller than {format_size(minimum)}")
         if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"{text!r} is larger than {maximum}")
+            raise argparse.ArgumentTypeError(f"{text!r} is larger than {format_size(maximum)}")
         return value
 
     return convert
@@ -115,16 +180,51 @@ def _dump_type_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _path_arg(what: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if text == "":
+            raise argparse.ArgumentTypeError(f"empty {what}")
+        if "\0" in text:
+            raise argparse.ArgumentTypeError(f"{what} contains a NUL byte")
+        return text
+
+    return convert
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: works, and says which one to use."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, use: str, **kwargs: Any) -> None:
+        self.use = use
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"{PROG}: warning: {option_string} is deprecated; use {self.use}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _ring_capacity_option(p: argparse.ArgumentParser) -> None:
+    capacity = _size_arg(4096, MAX_RING_CAPACITY)
+    p.add_argument("--ring-capacity", type=capacity, default=DEFAULT_RING_CAPACITY, metavar="SIZE",
+                   help="ring capacity (bytes; suffixes K, M, G; 4 KiB to 16 GiB; default 4 MiB)")
+    p.add_argument("--ring-size", type=capacity, dest="ring_capacity", action=_DeprecatedAlias,
+                   use="--ring-capacity", help=argparse.SUPPRESS)
+
+
 # --------------------------------------------------------------------------
 # Progress
 # --------------------------------------------------------------------------
 
 
 class ProgressBar:
-    """A ``progress`` callback for the pipeline that draws a tqdm bar on stderr.
+    """Progress on stderr for one command, from its start.
 
-    Drawn only when ``enabled`` and once the run has lasted ``delay`` seconds,
-    so quick runs print nothing.  Call :meth:`close` when the run ends.
+    Nothing is drawn for a command that ends within ``delay`` seconds.  Long
+    work without byte counts (planning a replay) shows as a named phase with
+    its elapsed time (:meth:`phase`); the pipeline's reports (``__call__``)
+    draw a byte bar, which appears at once if the command has already run
+    ``delay`` seconds (planning included), not only after the drain itself did.
     """
 
     def __init__(self, enabled: bool, desc: str, *, delay: float = PROGRESS_DELAY, file: Any = None) -> None:
@@ -133,17 +233,25 @@ class ProgressBar:
         self.delay = delay
         self.file = file
         self.bar: Any = None
+        self.started = time.monotonic()
 
-    def __call__(self, p: Progress) -> None:
+    def _stream(self) -> Any:
+        return self.file or sys.stderr
+
+    def phase(self, label: str) -> Any:
+        """A context manager: while its block runs, a line ``LABEL: elapsed`` after ``delay``."""
+        return _Phase(self, label)
+
+    def __call__(self, p: Any) -> None:
         if not self.enabled:
             return
         if self.bar is None:
-            if p.seconds < self.delay:
+            if time.monotonic() - self.started < self.delay:
                 return
             from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
             self.bar = tqdm(total=p.expected_bytes, initial=p.bytes, desc=self.desc, unit="B", unit_scale=True,
-                            unit_divisor=1024, leave=False, dynamic_ncols=True, file=self.file or sys.stderr,
+                            unit_divisor=1024, leave=False, dynamic_ncols=True, file=self._stream(),
                             postfix=f"{p.writes:,} writes")
             return
         self.bar.set_postfix_str(f"{p.writes:,} writes", refresh=False)
@@ -153,6 +261,39 @@ class ProgressBar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class _Phase:
+    def __init__(self, owner: ProgressBar, label: str) -> None:
+        self.owner = owner
+        self.label = label
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Phase:
+        if self.owner.enabled:
+            self.thread = threading.Thread(target=self._show, name="mdstream-progress", daemon=True)
+            self.thread.start()
+        return self
+
+    def _show(self) -> None:
+        wait = self.owner.delay - (time.monotonic() - self.owner.started)
+        if self.done.wait(max(0.0, wait)):
+            return
+        from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
+
+        bar = tqdm(total=None, desc=self.label, bar_format="{desc}: {elapsed}", leave=False,
+                   file=self.owner._stream())
+        try:
+            while not self.done.wait(0.25):
+                bar.refresh()
+        finally:
+            bar.close()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join()
 
 
 def _progress_for(args: argparse.Namespace, desc: str) -> ProgressBar:
@@ -198,26 +339,49 @@ def _sha256(path: str, show_progress: bool = False) -> str:
 
 
 def _check_input(path: str, what: str) -> None:
-    if not os.path.exists(path):
-        raise CommandError(f"{path}: no such {what}")
-    if os.path.isdir(path):
-        raise CommandError(f"{path}: is a directory, not a {what}")
+    """Refuse a missing file, a directory, a pipe or a device before any work (the error names ``path``)."""
+    from mdstream._files import open_input
+
+    os.close(open_input(path, what))
 
 
-def _check_output(path: str) -> None:
+def _check_output(path: str, force: bool = False) -> None:
+    """Refuse a directory, a missing parent and (without ``force``) an existing output, before any work."""
     if path.endswith(os.sep) or os.path.isdir(path):
         raise CommandError(f"{path}: is a directory; give the output file's name")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise CommandError(f"{path}: cannot create: directory {parent} does not exist")
+    if not force and os.path.lexists(path):
+        raise CommandError(f"{path}: exists; use --force to replace it")
+
+
+def _format_name(args: argparse.Namespace) -> str:
+    command = getattr(args, "command", None) or ""
+    if command == "spill" and getattr(args, "spill_command", None):
+        command = f"spill-{args.spill_command}"
+    return f"mdstream-{command}/1" if command else "mdstream/1"
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any], lines: Sequence[str]) -> None:
+    """Print ``lines`` (unless ``--quiet``), or with ``--json`` one object: ``format``, ``status``, ``payload``."""
     if getattr(args, "json", False):
-        print(json.dumps(payload, sort_keys=True))
+        out = {"format": _format_name(args), "status": "ok"}
+        out.update(payload)
+        print(json.dumps(out, sort_keys=True))
     elif not getattr(args, "quiet", False):
         for line in lines:
             print(line)
+
+
+# For the command groups other modules register (mdstream/cli_*.py): the same conventions.
+emit = _emit
+check_input = _check_input
+check_output = _check_output
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
 def _abort_all(sinks: Sequence[Any], exc: BaseException) -> None:
@@ -238,34 +402,9 @@ def _output_fields(path: str, progress: ProgressBar | None = None) -> dict[str, 
             "sha256": _sha256(path, bool(progress and progress.enabled))}
 
 
-# --------------------------------------------------------------------------
-# replay
-# --------------------------------------------------------------------------
-
-
-def _run_replay(source: str, output: str, *, schedule: str, chunk: int | None, seed: int, ring_size: int,
-                trace: str | None, progress: ProgressBar) -> tuple[Any, Any, list[Any]]:
-    """Plan, replay through the callback, drain into a FileSink (and a TraceSink)."""
-    from mdstream.schedules import plan_for
-    from mdstream.simulator import replay
-
-    plan = plan_for(source, schedule=schedule, chunk=chunk, seed=seed)
-    sinks: list[Any] = []
-    try:
-        sinks.append(FileSink(output))
-        if trace:
-            sinks.append(TraceSink(trace))
-        result = replay(plan, sinks=sinks, schedule=schedule, ring_capacity=ring_size,
-                        coalesce=not trace, progress=progress)
-    except BaseException as exc:
-        _abort_all(sinks, exc)
-        for sink in sinks:
-            if isinstance(sink, TraceSink) and sink.state == "aborted" and os.path.exists(sink.path):
-                _add_note(exc, f"the partial trace is kept in {sink.path}")
-        raise
-    finally:
-        progress.close()
-    return plan, result, sinks
+def _ring_fields(capacity: int) -> dict[str, Any]:
+    # ``ring_size``: the old name, kept for readers of format /1 written before ring_capacity.
+    return {"ring_capacity": capacity, "ring_size": capacity}
 
 
 def _add_note(exc: BaseException, note: str) -> None:
@@ -279,11 +418,63 @@ def _add_note(exc: BaseException, note: str) -> None:
     notes.append(note)
 
 
-def _source_kind(path: str) -> str:
+# --------------------------------------------------------------------------
+# replay
+# --------------------------------------------------------------------------
+
+
+def _dump_problems(path: str) -> list[str]:
+    """What ``mdstream info`` would call damaged: directory entries and nested ranges outside the file."""
+    from mdstream.minidump import iter_regions, read_info
+
+    info = read_info(path)
+    nested = [f"{r.label}: {r.problem}" for r in iter_regions(path) if r.problem and r.kind != "stream"]
+    return info.problems + nested
+
+
+def _run_replay(source: str, output: str, *, schedule: str, chunk: int | None, seed: int, ring_capacity: int,
+                trace: str | None, force: bool, progress: ProgressBar,
+                check_damage: bool = False) -> tuple[Any, Any, list[str]]:
+    """Plan (with progress), replay through the callback, drain into a FileSink (and a TraceSink).
+
+    Returns ``(plan, result, problems)``; ``problems`` lists the damage found in
+    a minidump source when ``check_damage``.
+    """
+    from mdstream._sinks import FileSink, TraceSink
+    from mdstream.schedules import plan_for
+    from mdstream.simulator import replay
+
+    problems: list[str] = []
     try:
-        from mdstream.trace import is_trace
-    except ImportError:  # pragma: no cover - trace support missing
-        return "minidump"
+        with progress.phase(f"planning the replay of {os.path.basename(source)}"):
+            if check_damage:
+                problems = _dump_problems(source)
+            plan = plan_for(source, schedule=schedule, chunk=chunk, seed=seed)
+        sinks: list[Any] = []
+        try:
+            sinks.append(FileSink(output, overwrite=force))
+            if trace:
+                sinks.append(TraceSink(trace, overwrite=force))
+            result = replay(plan, sinks=sinks, schedule=schedule, ring_capacity=ring_capacity,
+                            coalesce=not trace, progress=progress)
+        except BaseException as exc:
+            _abort_all(sinks, exc)
+            for sink in sinks:
+                if isinstance(sink, TraceSink) and sink.state == "aborted" and os.path.exists(sink.path):
+                    _add_note(exc, f"the partial trace is kept in {sink.path}")
+            raise
+    finally:
+        progress.close()
+    _RUN.output_done(os.path.abspath(output))
+    if trace:
+        _RUN.output_done(os.path.abspath(trace))
+    result.rewritten_bytes = plan.rewritten_bytes
+    return plan, result, problems
+
+
+def _source_kind(path: str) -> str:
+    from mdstream.trace import is_trace
+
     try:
         return "trace" if is_trace(path) else "minidump"
     except OSError:
@@ -292,32 +483,38 @@ def _source_kind(path: str) -> str:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     _check_input(args.source, "file")
-    _check_output(args.output)
+    _check_output(args.output, args.force)
     if args.trace:
-        _check_output(args.trace)
+        _check_output(args.trace, args.force)
         if os.path.abspath(args.trace) == os.path.abspath(args.output):
             raise CommandError("--trace and -o name the same file")
     kind = _source_kind(args.source)
     schedule = "trace" if kind == "trace" else args.schedule
     progress = _progress_for(args, "replay")
-    plan, result, _ = _run_replay(args.source, args.output, schedule=args.schedule, chunk=args.chunk,
-                                  seed=args.seed, ring_size=args.ring_size, trace=args.trace, progress=progress)
+    plan, result, problems = _run_replay(
+        args.source, args.output, schedule=args.schedule, chunk=args.chunk, seed=args.seed,
+        ring_capacity=args.ring_capacity, trace=args.trace, force=args.force, progress=progress,
+        check_damage=kind == "minidump")
+    for problem in problems[:3]:
+        _warn(f"{args.source} is damaged: {problem}; replayed as it is")
+    if len(problems) > 3:
+        _warn(f"{args.source}: {len(problems) - 3} more problems (mdstream info {args.source} lists them)")
     payload = result.to_dict()
     payload.update(_output_fields(args.output, progress))
     payload.update({"source": os.path.abspath(args.source), "source_kind": kind, "schedule": schedule,
-                    "chunk": args.chunk, "seed": args.seed, "ring_size": args.ring_size,
-                    "planned_writes": plan.count})
+                    "chunk": args.chunk, "seed": args.seed, "planned_writes": plan.count,
+                    "source_problems": problems, **_ring_fields(args.ring_capacity)})
     if args.trace:
         payload["trace"] = os.path.abspath(args.trace)
         payload["trace_records"] = result.records
     lines = [
         f"replayed {args.source} ({'its recorded writes' if kind == 'trace' else schedule + ' schedule'}) "
-        f"through the DbgHelp callback: {result.writes:,} writes, {result.bytes:,} bytes in "
-        f"{result.seconds:.3f} s ({_fmt_rate(result.gbps)}; {result.records:,} ring records)",
+        f"through the DbgHelp callback in {result.seconds:.3f} s ({_fmt_rate(result.gbps)}; "
+        f"{_plural(result.records, 'ring record')}): {result.summary()}",
         f"wrote {payload['output']}: {payload['size']:,} bytes, mode {payload['mode']}, sha256 {payload['sha256']}",
     ]
     if args.trace:
-        lines.append(f"trace {payload['trace']}: {result.records:,} records (MDTRACE1)")
+        lines.append(f"trace {payload['trace']}: {_plural(result.records, 'record')} (MDTRACE1)")
     _emit(args, payload, lines)
     return 0
 
@@ -327,14 +524,49 @@ def cmd_replay(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------
 
 
+def _ring_path(name: str) -> str:
+    """Where a ring argument lives on this system (a shared-memory name or a path)."""
+    if os.sep in name or (os.altsep and os.altsep in name):
+        return os.path.abspath(name)
+    return f"/dev/shm/{name}" if sys.platform.startswith("linux") else name
+
+
+def _refuse_non_ring(name: str) -> None:
+    """A file that exists but is no ring gets that said plainly (before the ring checks ask to chmod it)."""
+    path = _ring_path(name)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return  # missing, a symlink, unreadable: the ring's own checks say what is wrong
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CommandError(f"{name}: not a ring (not a regular file)")
+        head = os.pread(fd, len(RING_MAGIC), 0)
+    finally:
+        os.close(fd)
+    if head != RING_MAGIC:
+        what = "an empty file" if st.st_size == 0 else f"starts with {head!r}, not {RING_MAGIC!r}"
+        raise CommandError(f"{name}: not an mdstream ring ({what})")
+    if st.st_size < RING_HEADER_SIZE:
+        raise CommandError(f"{name}: a truncated ring: {st.st_size:,} bytes, but its header alone is "
+                           f"{RING_HEADER_SIZE:,} (docs/ring-format.md)")
+
+
 def cmd_drain(args: argparse.Namespace) -> int:
-    _check_output(args.output)
+    from mdstream._ring import Ring
+    from mdstream._sinks import FileSink
+    from mdstream.pipeline import drain
+
+    _check_output(args.output, args.force)
+    _refuse_non_ring(args.ring)
     ring = Ring.attach(args.ring)
     progress = _progress_for(args, "drain")
     sinks: list[Any] = []
     try:
         try:
-            sinks.append(FileSink(args.output))
+            sinks.append(FileSink(args.output, overwrite=args.force))
         except BaseException as exc:
             # Tell the producer at once instead of letting it wait for space.
             if not ring.closed and ring.state == "open":
@@ -350,12 +582,13 @@ def cmd_drain(args: argparse.Namespace) -> int:
             ring.close()
         except BufferError:  # pragma: no cover - a view outlived the drain
             pass
+    _RUN.output_done(os.path.abspath(args.output))
     payload = result.to_dict()
     payload.update(_output_fields(args.output, progress))
-    payload["ring"] = args.ring
+    payload["ring"] = _ring_path(args.ring) if os.sep in args.ring else args.ring
     lines = [
-        f"drained ring {args.ring}: {result.records:,} records, {result.bytes:,} bytes in {result.seconds:.3f} s "
-        f"({_fmt_rate(result.gbps)})",
+        f"drained ring {args.ring} in {result.seconds:.3f} s ({_fmt_rate(result.gbps)}; "
+        f"{_plural(result.records, 'ring record')}): {result.summary()}",
         f"wrote {payload['output']}: {payload['size']:,} bytes, mode {payload['mode']}, sha256 {payload['sha256']}",
     ]
     _emit(args, payload, lines)
@@ -379,23 +612,25 @@ def _flag_names(flags: int) -> list[str]:
 def cmd_info(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from mdstream.minidump import iter_regions, read_info
+    from mdstream.minidump import iter_regions, read_info, read_summary
 
-    _check_input(args.dump, "file")
+    _check_input(args.dump, "minidump")
     info = read_info(args.dump)
-    try:
-        info = dataclasses.replace(info, flag_names=_flag_names(info.flags))
-    except (ImportError, ValueError):  # pragma: no cover - keep the reader's names
-        pass
+    info = dataclasses.replace(info, flag_names=_flag_names(info.flags))
+    summary = read_summary(args.dump)
     nested = [f"{r.label}: {r.problem}" for r in iter_regions(args.dump) if r.problem and r.kind != "stream"]
     problems = info.problems + nested
     if args.json:
         payload = info.to_dict()
+        payload["path"] = os.path.abspath(args.dump)
+        payload["summary"] = summary.to_dict()
         payload["problems"] = problems
         payload["ok"] = not problems
-        print(json.dumps(payload, sort_keys=True))
+        _emit(args, payload, [])
     else:
-        print(info.format_text())
+        text = info.format_text().split("\n")
+        blank = text.index("")  # the header fields, then the stream table
+        print("\n".join(text[:blank] + summary.format_text() + text[blank:]))
         if nested:
             print("")
             print("problems inside streams:")
@@ -403,7 +638,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                 print(f"  {p}")
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise CommandError(f"{args.dump}: damaged minidump: {problems[0]}{more}")
+        raise CommandError(f"{args.dump}: damaged minidump: {problems[0]}{more}", reported=True)
     return 0
 
 
@@ -412,61 +647,57 @@ def cmd_info(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------
 
 
-def cmd_dump_linux(args: argparse.Namespace) -> int:
-    from mdstream import linux
+def cmd_dump(args: argparse.Namespace) -> int:
+    from mdstream import dump as dumping
+    from mdstream.dbghelp import MinidumpType
 
-    _check_output(args.output)
+    try:
+        system = dumping.system_writer()
+    except errors.UnsupportedPlatformError as exc:
+        raise CommandError(str(exc), code=2) from None
+    options: dict[str, Any] = {}
+    if system == "linux":
+        try:
+            dumping.linux_options_for(args.type)
+        except errors.DumpOptionError as exc:
+            raise CommandError(f"--type: {exc}", code=2) from None
+        options = {"include_environ": args.include_environ, "include_cmdline": not args.no_cmdline}
+    else:
+        linux_only = [flag for flag, given in (("--include-environ", args.include_environ),
+                                               ("--no-cmdline", args.no_cmdline)) if given]
+        if linux_only:
+            raise CommandError(f"{', '.join(linux_only)}: Linux-only option{'s' if len(linux_only) > 1 else ''}; "
+                               f"this is Windows (DbgHelp decides what a dump holds from --type)", code=2)
+    _check_output(args.output, args.force)
     progress = _progress_for(args, f"dump {args.pid}")
     try:
-        result = linux.write_dump(
-            args.pid, args.output, full=args.full, include_environ=args.include_environ,
-            include_cmdline=not args.no_cmdline, sanitize_stacks=args.sanitize_stacks, progress=progress)
+        result = dumping.write_dump(args.pid, args.output, dump_type=args.type, full=args.full,
+                                    sanitize_stacks=args.sanitize_stacks, overwrite=args.force,
+                                    progress=progress, **options)
     finally:
         progress.close()
+    _RUN.output_done(os.path.abspath(args.output))
+    if system == "linux":
+        flags = int(args.type or 0)
+    else:
+        from mdstream.windows import DEFAULT_DUMP_TYPE
+
+        flags = int(DEFAULT_DUMP_TYPE if args.type is None else args.type)
+    flags |= (int(MinidumpType.MiniDumpWithFullMemory) if args.full else 0)
+    flags |= (int(MinidumpType.MiniDumpFilterMemory) if args.sanitize_stacks else 0)
     payload = result.to_dict()
     payload.update(_output_fields(args.output, progress))
-    payload["pid"] = args.pid
+    payload.update({"pid": args.pid, "system": system, "dump_type": flags,
+                    "dump_type_names": MinidumpType.describe(flags)})
     extra = result.extra
+    what = ""
+    if "threads" in extra:
+        what = f", {_plural(int(extra['threads']), 'thread')}, {_plural(int(extra.get('modules', 0)), 'module')}"
+    stopped = (f"; the process was stopped for {extra['stopped_seconds'] * 1000:.1f} ms"
+               if "stopped_seconds" in extra else "")
     _emit(args, payload, [
-        f"dumped process {args.pid} into {payload['output']}: {payload['size']:,} bytes, "
-        f"{extra.get('threads', '?')} threads, {extra.get('modules', '?')} modules; "
-        f"the process was stopped for {extra.get('stopped_seconds', 0) * 1000:.1f} ms",
-        f"sha256 {payload['sha256']}"])
-    return 0
-
-
-def cmd_dump(args: argparse.Namespace) -> int:
-    if sys.platform.startswith("linux"):
-        return cmd_dump_linux(args)
-    if sys.platform != "win32":
-        raise CommandError(f"mdstream dump needs Windows' DbgHelp (MiniDumpWriteDump) or Linux; this is {sys.platform}",
-                           code=2)
-    import importlib
-    import inspect
-
-    try:
-        write_dump = importlib.import_module("mdstream.windows").write_dump
-    except (ImportError, AttributeError):
-        raise CommandError("this mdstream has no Windows dump writer (mdstream.windows.write_dump is missing)")
-
-    _check_output(args.output)
-    progress = _progress_for(args, f"dump {args.pid}")
-    kwargs: dict[str, Any] = {"dump_type": args.type}
-    try:
-        if "progress" in inspect.signature(write_dump).parameters:
-            kwargs["progress"] = progress
-    except (TypeError, ValueError):  # pragma: no cover
-        pass
-    try:
-        result = write_dump(args.pid, args.output, **kwargs)
-    finally:
-        progress.close()
-    payload = result.to_dict() if hasattr(result, "to_dict") else {}
-    payload.update(_output_fields(args.output, progress))
-    payload["pid"] = args.pid
-    payload["dump_type"] = args.type
-    _emit(args, payload, [f"dumped process {args.pid} into {payload['output']}: {payload['size']:,} bytes, "
-                          f"sha256 {payload['sha256']}"])
+        f"dumped process {args.pid} into {payload['output']}: {payload['size']:,} bytes{what}{stopped}",
+        f"{result.summary()}; sha256 {payload['sha256']}"])
     return 0
 
 
@@ -475,21 +706,31 @@ def cmd_dump(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def _write_size_breakdown(lengths: Any) -> dict[str, int]:
+    """Writes by size, in classes that add up to all of them."""
     import numpy as np
 
+    return {
+        "up_to_16": int(np.count_nonzero(lengths <= 16)),
+        "17_to_1023": int(np.count_nonzero((lengths > 16) & (lengths < 1024))),
+        "1024": int(np.count_nonzero(lengths == 1024)),
+        "over_1024": int(np.count_nonzero(lengths > 1024)),
+    }
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
     from mdstream.minidump import read_info
+    from mdstream.plan import backward_writes
     from mdstream.sample import build_sample_minidump, sample_facts
-    from mdstream.schedules import backward_writes
 
     seed = args.seed
+    if args.output:
+        _check_output(args.output, args.force)
     sample = build_sample_minidump(seed)
     facts = sample_facts(seed)
     workdir = tempfile.mkdtemp(prefix="mdstream-demo-")  # private (0700)
     keep_workdir = args.output is None
     output = args.output or os.path.join(workdir, "mdstream-demo.dmp")
-    if args.output:
-        _check_output(output)
     source = os.path.join(workdir, "sample.dmp")
     progress = _progress_for(args, "demo")
     try:
@@ -497,7 +738,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with os.fdopen(fd, "wb") as f:
             f.write(sample)
         plan, result, _ = _run_replay(source, output, schedule="writer", chunk=None, seed=0,
-                                      ring_size=args.ring_size, trace=None, progress=progress)
+                                      ring_capacity=args.ring_capacity, trace=None, force=args.force,
+                                      progress=progress)
     finally:
         try:
             os.unlink(source)
@@ -509,37 +751,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     expected = hashlib.sha256(sample).hexdigest()
     identical = fields["sha256"] == expected and fields["size"] == len(sample)
     info = read_info(output)
-    backwards, _ = backward_writes(plan)
-    kib_writes = int(np.count_nonzero(plan.lengths == 1024))
-    small_writes = int(np.count_nonzero(plan.lengths <= 16))
+    _, seeks_back = backward_writes(plan)
+    sizes = _write_size_breakdown(plan.lengths)
     stream_names = [s.type_name for s in info.streams]
     payload = result.to_dict()
     payload.update(fields)
     payload.update({
         "identical": identical, "expected_sha256": expected, "sample_size": len(sample), "schedule": "writer",
         "streams": stream_names, "threads": len(facts["threads"]), "modules": len(facts["modules"]),
-        "memory_ranges": len(facts["memory"]), "kib_writes": kib_writes, "small_writes": small_writes,
-        "backward_writes": backwards, "ring_size": args.ring_size, "source": "built-in sample (mdstream.sample)",
-        "seed": seed,
+        "memory_ranges": len(facts["memory"]), "write_sizes": sizes, "seeks_back": seeks_back,
+        **_ring_fields(args.ring_capacity), "source": "built-in sample (mdstream.sample)", "seed": seed,
     })
     lines = [
-        f"mdstream demo: built a sample x64 minidump ({len(sample):,} bytes: {len(facts['threads'])} threads, "
-        f"{len(facts['modules'])} modules, {len(facts['memory'])} memory ranges)",
-        f"  replayed it as DbgHelp writes a dump: IoStartCallback, {result.writes:,} IoWriteAllCallback calls "
-        f"({small_writes:,} of <= 16 bytes, {kib_writes:,} of 1 KiB, {backwards:,} seeking back), "
-        f"IoFinishCallback, from a native thread into the GIL-free callback and a {args.ring_size // 1024:,} KiB ring",
-        f"  drained the ring into {fields['output']}: {result.bytes:,} bytes in {result.seconds:.3f} s "
-        f"({_fmt_rate(result.gbps)}), {result.records:,} ring records",
+        f"mdstream demo: built a sample x64 minidump of {len(sample):,} bytes ({_plural(len(facts['threads']), 'thread')}, "
+        f"{_plural(len(facts['modules']), 'module')}, {_plural(len(facts['memory']), 'memory range')})",
+        f"  replayed it as DbgHelp writes a dump: IoStartCallback, {_plural(result.writes, 'IoWriteAllCallback call')} "
+        f"({sizes['up_to_16']:,} of <= 16 bytes, {sizes['17_to_1023']:,} of 17-1023 bytes, "
+        f"{sizes['1024']:,} of 1 KiB, {sizes['over_1024']:,} larger; {seeks_back:,} seeking back), IoFinishCallback, "
+        f"from a native thread into the GIL-free callback and a {format_size(args.ring_capacity)} ring",
+        f"  drained the ring into {fields['output']} in {result.seconds:.3f} s ({_fmt_rate(result.gbps)}, "
+        f"{_plural(result.records, 'ring record')}): {result.summary()}",
         (f"  byte-identical to the sample (sha256 {fields['sha256']})" if identical else
          f"  MISMATCH: sha256 {fields['sha256']}, expected {expected}"),
         f"  read back: '{info.signature.to_bytes(4, 'little').decode('latin-1')}' version 0x{info.version:08x}, "
-        f"{len(stream_names)} streams: {', '.join(stream_names)}",
+        f"{_plural(len(stream_names), 'stream')}: {', '.join(stream_names)}",
         f"next: mdstream info {fields['output']}",
     ]
     _emit(args, payload, lines)
     if not identical:
         raise CommandError(f"the demo output {fields['output']} differs from the sample (sha256 {fields['sha256']} "
-                           f"!= {expected})")
+                           f"!= {expected})", reported=True)
     return 0
 
 
@@ -564,7 +805,7 @@ def cmd_spill_inspect(args: argparse.Namespace) -> int:
 
     report = spill.inspect(args.spill)
     if args.json:
-        print(json.dumps(report, sort_keys=True))
+        _emit(args, report, [])
     else:
         flags = " | ".join(report["flag_names"]) or "-"
         if not report["spill_exists"]:
@@ -584,10 +825,10 @@ def cmd_spill_inspect(args: argparse.Namespace) -> int:
             f"dump size   {report['dump_size']:,} bytes" + ("" if report["finished"] else " (known at IoFinish)"),
             f"base        {base}",
             f"ring        resume_pos {report['resume_pos']:,}, end {report['ring_end_pos']:,}: "
-            f"{report['replayed_records']:,} records ({report['replayed_bytes']:,} bytes) replayed",
-            f"direct      {report['direct_writes']:,} writes ({report['direct_bytes']:,} bytes)",
+            f"{_plural(report['replayed_records'], 'record')} ({report['replayed_bytes']:,} bytes) replayed",
+            f"direct      {_plural(report['direct_writes'], 'write')} ({report['direct_bytes']:,} bytes)",
             f"extents     {report['extent_count']:,}: {report['covered_bytes']:,} bytes in "
-            f"{report['covered_ranges']:,} merged ranges, up to byte {report['covered_end']:,}"
+            f"{_plural(report['covered_ranges'], 'merged range')}, up to byte {report['covered_end']:,}"
             + (f" ({report['trailing_bytes']:,} trailing manifest bytes ignored)" if report["trailing_bytes"] else ""),
             f"spilled at  {report['spilled_iso'] or '-'} by process {report['producer_pid']}",
         ]
@@ -597,22 +838,23 @@ def cmd_spill_inspect(args: argparse.Namespace) -> int:
             print(line)
     if report["problems"]:
         more = f" (and {len(report['problems']) - 1} more)" if len(report["problems"]) > 1 else ""
-        raise CommandError(f"{args.spill}: {report['problems'][0]}{more}")
+        raise CommandError(f"{args.spill}: {report['problems'][0]}{more}", reported=True)
     return 0
 
 
 def cmd_spill_finish(args: argparse.Namespace) -> int:
     from mdstream import spill
 
-    _check_output(args.output)
+    _check_output(args.output, args.force)
     if args.base is not None:
         _check_input(args.base, "file")
     result = spill.finish(args.spill, args.output, args.base, overwrite=args.force)
+    _RUN.output_done(result["output"])
     if result["method"] == "copy":
         how = f"the spill file is the dump ({result['bytes_from_spill']:,} bytes copied)"
     else:
-        how = (f"{result['bytes_from_spill']:,} bytes from the spill ({result['covered_ranges']:,} ranges of "
-               f"{result['extent_count']:,} extents) over {result['bytes_from_base']:,} bytes of {result['base']}")
+        how = (f"{result['bytes_from_spill']:,} bytes from the spill ({_plural(result['covered_ranges'], 'range')} of "
+               f"{_plural(result['extent_count'], 'extent')}) over {result['bytes_from_base']:,} bytes of {result['base']}")
         if result["zero_filled_bytes"]:
             how += f", {result['zero_filled_bytes']:,} bytes in neither (zero-filled)"
     parses = ("parses as a minidump" if result["is_minidump"]
@@ -633,7 +875,7 @@ def cmd_spill_finish(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from mdstream import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Stream DbgHelp minidump I/O callbacks through a memory-mapped ring into files.",
         epilog=_EPILOG,
@@ -642,36 +884,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def output_opts(p: argparse.ArgumentParser, progress: bool = True) -> None:
-        p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    def output_opts(p: argparse.ArgumentParser, progress: bool = True, force: bool = False) -> None:
+        p.add_argument("--json", action="store_true",
+                       help='print one JSON object instead of the summary (its "format" key names the layout)')
         if progress:
             p.add_argument("-q", "--quiet", action="store_true",
                            help="no progress bar and no summary (errors still go to stderr)")
+        if force:
+            p.add_argument("--force", action="store_true", help="replace the output if it exists")
 
-    ring_size = _size_arg(4096, MAX_RING_SIZE)
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("epilog", _EPILOG)
+        return sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
-    p = sub.add_parser(
+    p = command(
         "demo", help="replay a built-in sample dump through the whole path and check the result",
         description="Build a sample x64 minidump, replay it through the real callback path with the writer "
                     "schedule (DbgHelp's I/O pattern) into a file, check the file is byte-identical and parse it "
-                    "back.  Without -o the output goes to a new private temporary directory (printed).",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-o", "--output", metavar="OUT", help="where to write the replayed dump")
+                    "back.  Without -o the output goes to a new private temporary directory (printed).")
+    p.add_argument("-o", "--output", metavar="OUT", type=_path_arg("output path"),
+                   help="where to write the replayed dump")
     p.add_argument("--seed", type=_seed_arg, default=0, help="sample contents seed (default 0)")
-    p.add_argument("--ring-size", type=ring_size, default=DEFAULT_RING_CAPACITY, metavar="SIZE",
-                   help="ring capacity (bytes; suffixes K, M, G; 4K to 16G; default 4M)")
-    output_opts(p)
+    _ring_capacity_option(p)
+    output_opts(p, force=True)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser(
+    p = command(
         "replay", help="replay a minidump or MDTRACE1 trace through the callback into a file",
         description="Replay SOURCE (a minidump, cut into writes by --schedule, or an MDTRACE1 trace, replayed "
                     "in its recorded order) through the real DbgHelp callback routine from a native thread, "
                     "drain the ring into OUT and report the throughput and the output's sha256.  OUT is written "
-                    "privately (0600) beside its final name and renamed into place only on success.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", metavar="SOURCE", help="a minidump or an MDTRACE1 trace")
-    p.add_argument("-o", "--output", metavar="OUT", required=True, help="the reassembled dump")
+                    "privately (0600) beside its final name and renamed into place only on success.  A damaged "
+                    "minidump (streams past its end) is replayed as it is, with a warning.")
+    p.add_argument("source", metavar="SOURCE", type=_path_arg("source path"), help="a minidump or an MDTRACE1 trace")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, type=_path_arg("output path"),
+                   help="the reassembled dump")
     p.add_argument("--schedule", choices=("sequential", "writer", "shuffled"), default="writer",
                    help="how a minidump is cut into writes (default: writer, DbgHelp's pattern); "
                         "ignored for traces")
@@ -679,66 +926,69 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write size: sequential pieces (default 64K), shuffled pieces (4K), "
                         "writer memory pieces (1K)")
     p.add_argument("--seed", type=_seed_arg, default=0, help="seed of the shuffled schedule (default 0)")
-    p.add_argument("--ring-size", type=ring_size, default=DEFAULT_RING_CAPACITY, metavar="SIZE",
-                   help="ring capacity (bytes; suffixes K, M, G; 4K to 16G; default 4M)")
-    p.add_argument("--trace", metavar="OUT.mdtrace",
-                   help="also record the writes as an MDTRACE1 trace (writes are then not coalesced, so the "
-                        "trace keeps the writer's exact writes; only a write larger than the ring can hold in "
-                        "one record is split)")
-    output_opts(p)
+    _ring_capacity_option(p)
+    p.add_argument("--trace", metavar="OUT.mdtrace", type=_path_arg("trace path"),
+                   help="also record the writes as an MDTRACE1 trace (docs/trace-format.md; writes are then not "
+                        "coalesced, so the trace keeps the writer's exact writes; only a write larger than the "
+                        "ring can hold in one record is split)")
+    output_opts(p, force=True)
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser(
+    p = command(
         "drain", help="consume a named ring another process produces into a file",
         description="Attach to RING (a shared-memory name or a ring file's path) that another process created "
-                    "and writes (e.g. a crash agent's DumpCallback), and reassemble what it streams into OUT.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("ring", metavar="RING", help="the ring's shared-memory name or file path")
-    p.add_argument("-o", "--output", metavar="OUT", required=True, help="the reassembled dump")
+                    "and writes (e.g. a crash agent's DumpCallback), and reassemble what it streams into OUT.")
+    p.add_argument("ring", metavar="RING", type=_path_arg("ring name"),
+                   help="the ring's shared-memory name or file path")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, type=_path_arg("output path"),
+                   help="the reassembled dump")
     p.add_argument("--timeout", type=_seconds_arg, default=None, metavar="S",
                    help="give up after S seconds without data (default: wait as long as the producer lives)")
-    output_opts(p)
+    output_opts(p, force=True)
     p.set_defaults(func=cmd_drain)
 
-    p = sub.add_parser(
-        "info", help="show a minidump's header and stream table",
+    p = command(
+        "info", help="show a minidump's header, system, exception, threads, modules and stream table",
         description="Show DUMP's MINIDUMP_HEADER (signature, version, stream count, directory RVA, flags as "
-                    "MINIDUMP_TYPE names, timestamp) and its stream directory (type, size, RVA).  Streams and "
-                    "the ranges they point at (memory, contexts, strings) that lie outside the file are marked.",
+                    "MINIDUMP_TYPE names, timestamp), what a crash report shows first (system, the exception: "
+                    "code or signal, address and thread; threads with their names; modules with their build "
+                    "or debug ids) and the stream directory (type, name, size, RVA).  Streams and the ranges "
+                    "they point at (memory, contexts, strings) that lie outside the file are marked.",
         epilog="exit status: 0 for a sound minidump; 1 if DUMP is not a minidump, or (after printing the report) "
-               "if any stream or range it points at lies outside the file or a stream type repeats; 2 usage error.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dump", metavar="DUMP")
+               "if any stream or range it points at lies outside the file or a stream type repeats; 2 usage error.")
+    p.add_argument("dump", metavar="DUMP", type=_path_arg("dump path"))
     output_opts(p, progress=False)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser(
+    p = command(
         "dump", help="write a minidump of a running process",
         description="Dump process PID, streaming its output through the callback into OUT: with "
                     "MiniDumpWriteDump on Windows; on Linux with mdstream's own writer (ptrace snapshot, then "
-                    "the same IoStart/IoWriteAll/IoFinish protocol).  Other systems exit with status 2.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "the same IoStart/IoWriteAll/IoFinish protocol).  --type means the same on both: on Linux "
+                    "WithFullMemory is --full, FilterMemory is --sanitize-stacks, IgnoreInaccessibleMemory is "
+                    "always so, and any other flag is refused.  Other systems exit with status 2.")
     p.add_argument("pid", metavar="PID", type=_pid_arg)
-    p.add_argument("-o", "--output", metavar="OUT", required=True)
+    p.add_argument("-o", "--output", metavar="OUT", required=True, type=_path_arg("output path"))
+    p.add_argument("--type", metavar="NAMES", type=_dump_type_arg, default=None,
+                   help="MINIDUMP_TYPE flags, names joined by '|' or ',' with or without 'MiniDump' (default: "
+                        "WithDataSegs|WithHandleData|WithUnloadedModules|WithThreadInfo on Windows, Normal on "
+                        "Linux; e.g. WithFullMemory)")
     p.add_argument("--full", action="store_true",
-                   help="Linux: every readable private mapping (Memory64List), like MiniDumpWithFullMemory")
-    p.add_argument("--include-environ", action="store_true",
-                   help="Linux: keep the environment (left out by default: it often holds secrets)")
-    p.add_argument("--no-cmdline", action="store_true", help="Linux: leave the command line out")
+                   help="all the process's memory (MiniDumpWithFullMemory; on Linux every readable private "
+                        "mapping, as a Memory64List)")
     p.add_argument("--sanitize-stacks", action="store_true",
-                   help="Linux: blank stack words that do not look like pointers (Breakpad's rule)")
-    p.add_argument("--type", metavar="NAMES", type=_dump_type_arg, default=_dump_type_arg(DEFAULT_DUMP_TYPE),
-                   help=f"MINIDUMP_TYPE flags, names joined by '|' or ',' with or without 'MiniDump' "
-                        f"(default {DEFAULT_DUMP_TYPE}; e.g. WithFullMemory)")
-    output_opts(p)
+                   help="keep only pointer-like stack words (MiniDumpFilterMemory; on Linux Breakpad's rule)")
+    p.add_argument("--include-environ", action="store_true",
+                   help="Linux only: keep the environment (left out by default: it often holds secrets)")
+    p.add_argument("--no-cmdline", action="store_true", help="Linux only: leave the command line out")
+    output_opts(p, force=True)
     p.set_defaults(func=cmd_dump)
 
-    p = sub.add_parser(
+    p = command(
         "spill", help="inspect or finish a dump the callback spilled to a file",
         description="When the consumer of a ring dies or stalls, the dump callback writes the rest of the dump "
                     "to its spill file S and describes it in S.mdspill (docs/spill-format.md).  'inspect' "
-                    "reports on a spill; 'finish' writes the dump it holds.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "reports on a spill; 'finish' writes the dump it holds.")
     spill_sub = p.add_subparsers(dest="spill_command", metavar="ACTION", required=True)
     sp = spill_sub.add_parser(
         "inspect", help="show a spill's manifest and what its files hold",
@@ -749,7 +999,8 @@ def build_parser() -> argparse.ArgumentParser:
                "or (after printing the report) the spill file is missing or shorter than the manifest says; "
                "2 usage error.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    sp.add_argument("spill", metavar="SPILL", help="the spill file (or its .mdspill manifest)")
+    sp.add_argument("spill", metavar="SPILL", type=_path_arg("spill path"),
+                    help="the spill file (or its .mdspill manifest)")
     output_opts(sp, progress=False)
     sp.set_defaults(func=cmd_spill_inspect)
     sp = spill_sub.add_parser(
@@ -760,16 +1011,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "byte the spill holds laid over them.  The spill must be FINISHED and not FAILED.  OUT is "
                     "written privately (0600) beside its final name and renamed into place.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sp.add_argument("spill", metavar="SPILL", help="the spill file (or its .mdspill manifest)")
-    sp.add_argument("-o", "--output", metavar="OUT", required=True, help="the finished dump")
-    sp.add_argument("--base", metavar="PARTIAL",
+    sp.add_argument("spill", metavar="SPILL", type=_path_arg("spill path"),
+                    help="the spill file (or its .mdspill manifest)")
+    sp.add_argument("-o", "--output", metavar="OUT", required=True, type=_path_arg("output path"),
+                    help="the finished dump")
+    sp.add_argument("--base", metavar="PARTIAL", type=_path_arg("base path"),
                     help="the consumer's partial output (needed unless the spill is BASE_COMPLETE)")
-    sp.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    output_opts(sp, progress=False)
+    output_opts(sp, progress=False, force=True)
     sp.set_defaults(func=cmd_spill_finish)
 
     from mdstream import bench
-    bench.add_parser(sub)
+    p = bench.add_parser(sub)
+    p.epilog = _EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
 
     from mdstream import cli_reports  # reports list|show|prune, upload
     cli_reports.add_parsers(sub)
@@ -777,12 +1031,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _describe_error(exc: BaseException) -> str:
-    if isinstance(exc, (CommandError, errors.MdstreamError)) or not isinstance(exc, OSError):
+    if isinstance(exc, errors.OutputExistsError):
+        text = str(exc).replace("pass overwrite=True to replace it", "use --force to replace it")
+    elif isinstance(exc, (CommandError, errors.MdstreamError)) or not isinstance(exc, OSError):
         text = str(exc) or type(exc).__name__
     else:
         strerror = exc.strerror or ""
-        if exc.filename is not None and strerror:
-            text = f"{exc.filename}: {strerror}"
+        name = os.fsdecode(exc.filename) if isinstance(exc.filename, (str, bytes)) else None
+        if name and strerror and name not in strerror:
+            text = f"{name}: {strerror}"
         elif strerror:
             text = strerror
         else:
@@ -801,8 +1058,7 @@ def _expected(exc: BaseException) -> bool:
     if isinstance(exc, (CommandError, errors.MdstreamError, OSError)):
         return True
     if isinstance(exc, ValueError):
-        # Our own ValueError subclasses: NotAMinidumpError, MinidumpFormatError,
-        # TraceFormatError, ScheduleError, RingFormatError...
+        # A ValueError of mdstream's own (the compiled ring's argument checks): still one line.
         return type(exc).__module__.startswith("mdstream")
     return False
 
@@ -816,33 +1072,72 @@ def _silence_stdout() -> None:
         pass
 
 
+_COMMANDS = ("demo", "replay", "drain", "info", "dump", "spill", "bench")
+
+
+def _format_from_argv(argv: Sequence[str]) -> str:
+    words = [a for a in argv if not a.startswith("-")]
+    if words and words[0] in _COMMANDS:
+        if words[0] == "spill" and len(words) > 1 and words[1] in ("inspect", "finish"):
+            return f"mdstream-spill-{words[1]}/1"
+        return f"mdstream-{words[0]}/1"
+    return "mdstream/1"
+
+
+def _json_error(fmt: str, message: str, code: int) -> None:
+    try:
+        print(json.dumps({"format": fmt, "status": "error", "error": message, "exit": code}, sort_keys=True))
+    except (BrokenPipeError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mdstream`` command; returns the exit status."""
-    parser = build_parser()
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    want_json = "--json" in argv_list
+    args: argparse.Namespace | None = None
+    _RUN.completed.clear()
+
+    def fail(message: str, code: int, *, usage: argparse.ArgumentParser | None = None,
+             reported: bool = False) -> int:
+        if usage is not None:
+            usage.print_usage(sys.stderr)
+            print(f"{usage.prog}: error: {message}", file=sys.stderr)
+        else:
+            print(f"{PROG}: error: {message}", file=sys.stderr)
+        if want_json and not reported:
+            _json_error(_format_name(args) if args is not None else _format_from_argv(argv_list), message, code)
+        return code
+
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, usage errors
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    if not getattr(args, "command", None):
-        parser.print_help(sys.stderr)
-        return 2
-    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv_list)
+        except SystemExit as exc:  # --help, --version
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        if not getattr(args, "command", None):
+            parser.print_help(sys.stderr)
+            return 2
         return int(args.func(args))
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        if _RUN.completed:
+            done = ", ".join(_RUN.completed)
+            return fail(f"interrupted after {done} was written completely (the summary was not printed)", 130)
+        return fail("interrupted", 130)
     except BrokenPipeError:
         # Our reader went away (``mdstream info X | head``): stop quietly, as
         # SIGPIPE would, and keep Python from complaining while flushing.
         _silence_stdout()
         return 141
+    except UsageError as exc:
+        return fail(str(exc), 2, usage=exc.parser)
+    except SystemExit as exc:  # a command that exits on its own
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException as exc:
         if isinstance(exc, CommandError):
-            print(f"{PROG}: error: {_describe_error(exc)}", file=sys.stderr)
-            return exc.code
+            return fail(_describe_error(exc), exc.code, reported=exc.reported)
         if _expected(exc):
-            print(f"{PROG}: error: {_describe_error(exc)}", file=sys.stderr)
-            return 1
+            return fail(_describe_error(exc), 1)
         raise
 
 

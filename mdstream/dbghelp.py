@@ -18,6 +18,8 @@ import re
 from types import MappingProxyType, ModuleType
 from typing import Iterable, Mapping, Union
 
+from mdstream.errors import DumpTypeError
+
 __all__ = [
     "CallbackType",
     "MinidumpType",
@@ -112,8 +114,9 @@ class MinidumpType(enum.IntFlag):
         or a number (``"0x2"``, ``"2"``).  Bits this module does not name are
         kept (newer SDKs add flags), but values must fit 32 bits unsigned.
 
-        Raises ValueError for an unknown name, an empty string, or an
-        out-of-range number; TypeError for other types.
+        Raises :class:`~mdstream.errors.DumpTypeError` (a ``ValueError``) for an
+        unknown name, an empty string, or an out-of-range number; TypeError for
+        other types.
         """
         if isinstance(value, bool):
             raise TypeError("MinidumpType.parse() takes an int, a str or an iterable of them, not bool")
@@ -122,7 +125,7 @@ class MinidumpType(enum.IntFlag):
         if isinstance(value, str):
             tokens = [t for t in _TOKEN_SPLIT.split(value.strip()) if t]
             if not tokens:
-                raise ValueError("empty dump type; use 'Normal' (0) for a normal minidump")
+                raise DumpTypeError("empty dump type; use 'Normal' (0) for a normal minidump")
             return cls(_or_all(_parse_flag_token(t) for t in tokens))
         try:
             items = list(value)
@@ -153,7 +156,7 @@ class MinidumpType(enum.IntFlag):
 
 def _check_u32(value: int, what: str) -> int:
     if not 0 <= value <= 0xFFFFFFFF:
-        raise ValueError(f"{what} {value:#x} does not fit 32 bits unsigned")
+        raise DumpTypeError(f"{what} {value:#x} does not fit 32 bits unsigned")
     return value
 
 
@@ -189,7 +192,7 @@ def _parse_flag_token(token: str) -> int:
         number = int(token, 0)
     except ValueError:
         known = ", ".join(name[len("MiniDump"):] for name in MinidumpType.__members__)
-        raise ValueError(f"unknown dump type flag {token!r}; known: {known}") from None
+        raise DumpTypeError(f"unknown dump type flag {token!r}; known: {known}") from None
     return _check_u32(number, "dump type")
 
 

@@ -2,7 +2,13 @@
 
 Every failure the C core reports maps to one specific class here, so callers
 can tell a timeout from an aborted dump from a corrupt ring without parsing
-messages.
+messages.  Every error mdstream raises for bad input (a file that is not a
+minidump or a trace, a bad schedule, a missing or unusable input file, an
+output that already exists, a dump option the system cannot honour) derives
+from :class:`MdstreamError` *and* keeps its natural built-in base, so both
+``except MdstreamError`` and ``except ValueError`` / ``except FileNotFoundError``
+work.  The format modules re-export their own (``mdstream.minidump.NotAMinidumpError``
+is ``mdstream.errors.NotAMinidumpError``).
 """
 
 from __future__ import annotations
@@ -26,8 +32,28 @@ __all__ = [
     "ProducerGoneError",
     "ConsumerGoneError",
     "DumpFailedError",
+    "LinuxDumpError",
+    "ProcessNotFoundError",
+    "PtracePermissionError",
+    "ProcessExitedError",
+    "ZombieProcessError",
+    "SnapshotTimeoutError",
+    "UnsupportedPlatformError",
     "DumpSpilledError",
     "SpillFormatError",
+    "NotAMinidumpError",
+    "MinidumpFormatError",
+    "TraceFormatError",
+    "ScheduleError",
+    "WritePlanError",
+    "DumpTypeError",
+    "DumpOptionError",
+    "InputFileError",
+    "InputNotFoundError",
+    "InputIsADirectoryError",
+    "NotARegularFileError",
+    "OutputExistsError",
+    "UnsafePathError",
     "SPILL_ABORT_CODE",
     "aborted_error",
 ]
@@ -111,6 +137,96 @@ class SpillFormatError(MdstreamError, ValueError):
     """A spill manifest (``*.mdspill``) is not valid: magic, version, sizes or extents out of bounds."""
 
 
+# ---- bad input files and data ---------------------------------------------------
+
+
+class NotAMinidumpError(MdstreamError, ValueError):
+    """The file is not a minidump (wrong signature, or shorter than the 32-byte header)."""
+
+
+class MinidumpFormatError(MdstreamError, ValueError):
+    """The file claims to be a minidump but its stream directory does not fit in it."""
+
+
+class TraceFormatError(MdstreamError, ValueError):
+    """An MDTRACE1 trace is malformed (``docs/trace-format.md``).
+
+    Attributes:
+        record: index of the offending record, or ``None`` for the file header.
+        byte: file position of the offending record (or of the header).
+    """
+
+    def __init__(self, message: str, *, record: int | None = None, byte: int = 0) -> None:
+        super().__init__(message)
+        self.record = record
+        self.byte = byte
+
+    def __reduce__(self):  # keep record and byte across pickling
+        return (_rebuild_trace_error, (str(self), self.record, self.byte))
+
+
+def _rebuild_trace_error(message: str, record: int | None, byte: int) -> TraceFormatError:
+    return TraceFormatError(message, record=record, byte=byte)
+
+
+class ScheduleError(MdstreamError, ValueError):
+    """A schedule or synthetic plan was asked for with bad parameters
+    (unknown name, ``chunk <= 0``, a missing or nonsensical size, ...)."""
+
+
+class WritePlanError(MdstreamError, ValueError):
+    """A :class:`~mdstream.plan.WritePlan` is inconsistent (types, shapes, a write outside its buffer,
+    a destination past 2**63, a size that does not match its writes)."""
+
+
+class DumpTypeError(MdstreamError, ValueError):
+    """A ``MINIDUMP_TYPE`` given by name or number is not valid (unknown flag name, bits out of range)."""
+
+
+class DumpOptionError(MdstreamError, ValueError):
+    """A dump option this system's writer cannot honour (a ``MINIDUMP_TYPE`` flag the Linux writer
+    does not implement, a Linux-only option on Windows)."""
+
+
+class InputFileError(MdstreamError, OSError):
+    """An input file cannot be used: missing, a directory, not a regular file, or changed while read.
+
+    Built like an ``OSError``: ``InputFileError(errno, message, filename)``; ``filename``
+    is the path as the caller gave it.
+    """
+
+    def __str__(self) -> str:  # the message names the file already: no "[Errno N]" prefix
+        return self.strerror or super().__str__()
+
+
+class InputNotFoundError(InputFileError, FileNotFoundError):
+    """The input file does not exist."""
+
+
+class InputIsADirectoryError(InputFileError, IsADirectoryError):
+    """The input names a directory, not a file."""
+
+
+class NotARegularFileError(InputFileError):
+    """The input is a pipe, a socket or a device: mdstream reads dumps, traces and spills
+    from regular files only (a pipe could be read only once, a device never ends)."""
+
+
+class OutputExistsError(MdstreamError, FileExistsError):
+    """The output already exists and the caller did not ask to replace it (``overwrite=True``,
+    the CLI's ``--force``): a dump you already have is worth more than the new one."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+class UnsafePathError(MdstreamError, PermissionError):
+    """A path is a symbolic link (or not a regular file) where mdstream refuses to follow one."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
 class RingFinishedError(RingError):
     """The ring is already finished: nothing more can be written (or read)."""
 
@@ -155,3 +271,58 @@ class DumpFailedError(MdstreamError):
         self.hresult = hresult & 0xFFFFFFFF
         self.reason = reason
         self.callback_type = callback_type
+
+
+class UnsupportedPlatformError(MdstreamError, NotImplementedError):
+    """The function needs another system: ``mdstream.windows.write_dump`` off Windows,
+    ``mdstream.linux.write_dump`` off Linux x86-64."""
+
+
+class LinuxDumpError(MdstreamError):
+    """Dumping a live Linux process failed; ``sys_errno`` is the system error when there was one."""
+
+    def __init__(self, message: str, sys_errno: int = 0) -> None:
+        super().__init__(message)
+        self.sys_errno = sys_errno
+
+    def __reduce__(self):  # keep sys_errno across pickling
+        return (type(self), (str(self), self.sys_errno))
+
+
+class ProcessNotFoundError(LinuxDumpError, ProcessLookupError):
+    """No process has that pid."""
+
+
+class PtracePermissionError(LinuxDumpError, PermissionError):
+    """ptrace refused to attach (other user, ptrace_scope, no CAP_SYS_PTRACE, or already traced)."""
+
+
+class ProcessExitedError(LinuxDumpError):
+    """The process exited while it was being snapshotted."""
+
+
+class ZombieProcessError(LinuxDumpError):
+    """The process has exited and is waiting to be reaped: nothing is left to dump."""
+
+
+class SnapshotTimeoutError(LinuxDumpError, TimeoutError):
+    """Some threads did not stop before the deadline (the process was resumed)."""
+
+
+_LINUX_DUMP_ERRORS: dict[int, type[MdstreamError]] = {
+    3: ProcessNotFoundError,
+    4: PtracePermissionError,
+    5: ProcessExitedError,
+    6: ZombieProcessError,
+    7: SnapshotTimeoutError,
+}
+
+
+def linux_dump_error(status: int, sys_errno: int, message: str) -> BaseException:
+    """The exception for a status of the Linux writer's C core (``MDL_ERR_*``; used by ``mdstream._linux``)."""
+    if status == 1:
+        return ValueError(message)
+    if status == 8:
+        return UnsupportedPlatformError(message)
+    cls = _LINUX_DUMP_ERRORS.get(status, LinuxDumpError)
+    return cls(message, sys_errno)  # type: ignore[call-arg]

@@ -16,9 +16,18 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from mdstream import errors
+from mdstream.errors import (
+    LinuxDumpError,
+    ProcessExitedError,
+    ProcessNotFoundError,
+    PtracePermissionError,
+    SnapshotTimeoutError,
+    UnsupportedPlatformError,
+    ZombieProcessError,
+)
 from mdstream.pipeline import DEFAULT_RING_CAPACITY, Progress, Sink, StreamResult, drain
 
 __all__ = [
@@ -34,55 +43,9 @@ __all__ = [
 ]
 
 
-class LinuxDumpError(errors.MdstreamError):
-    """Dumping a live Linux process failed; ``sys_errno`` is the system error when there was one."""
-
-    def __init__(self, message: str, sys_errno: int = 0) -> None:
-        super().__init__(message)
-        self.sys_errno = sys_errno
-
-
-class ProcessNotFoundError(LinuxDumpError, ProcessLookupError):
-    """No process has that pid."""
-
-
-class PtracePermissionError(LinuxDumpError, PermissionError):
-    """ptrace refused to attach (other user, ptrace_scope, no CAP_SYS_PTRACE, or already traced)."""
-
-
-class ProcessExitedError(LinuxDumpError):
-    """The process exited while it was being snapshotted."""
-
-
-class ZombieProcessError(LinuxDumpError):
-    """The process has exited and is waiting to be reaped: nothing is left to dump."""
-
-
-class SnapshotTimeoutError(LinuxDumpError, TimeoutError):
-    """Some threads did not stop before the deadline (the process was resumed)."""
-
-
-class UnsupportedPlatformError(LinuxDumpError, NotImplementedError):
-    """The Linux writer runs on Linux x86-64 only."""
-
-
-_ERRORS: dict[int, type[LinuxDumpError]] = {
-    3: ProcessNotFoundError,
-    4: PtracePermissionError,
-    5: ProcessExitedError,
-    6: ZombieProcessError,
-    7: SnapshotTimeoutError,
-    8: UnsupportedPlatformError,
-}
-
-
 def error_for(status: int, errno: int, message: str) -> BaseException:
-    """The exception for a C status (used by the extension)."""
-    if status == 1:
-        return ValueError(message)
-    if status == 9:  # the calling process itself
-        return LinuxDumpError(message, errno)
-    return _ERRORS.get(status, LinuxDumpError)(message, errno)
+    """The exception for a C status (kept for callers of the old name; see :func:`mdstream.errors.linux_dump_error`)."""
+    return errors.linux_dump_error(status, errno, message)
 
 
 def supported() -> bool:
@@ -98,6 +61,70 @@ def _check_platform() -> None:
             + (" (on Windows, hand mdstream.DumpCallback to DbgHelp's MiniDumpWriteDump instead)"
                if sys.platform == "win32" else "")
         )
+
+
+_PF_KTHREAD = 0x00200000  # task flag of kernel threads (/proc/PID/stat, field 9)
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """``(comm, flags)`` from ``/proc/PID/stat``, or None if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    open_paren, close_paren = text.find("("), text.rfind(")")
+    fields = text[close_paren + 2:].split()
+    if open_paren < 0 or close_paren < 0 or len(fields) < 7:
+        return None
+    try:
+        return text[open_paren + 1:close_paren], int(fields[6])
+    except ValueError:
+        return None
+
+
+def _check_dumpable(pid: int) -> None:
+    """A kernel thread has no user memory: say so instead of a ptrace paragraph."""
+    stat = _proc_stat(pid)
+    if stat is not None and stat[1] & _PF_KTHREAD:
+        raise LinuxDumpError(f"process {pid} ({stat[0]}) is a kernel thread: it has no user-space memory or "
+                             f"registers to dump")
+
+
+def _privileged() -> bool:
+    """True when this process has CAP_SYS_PTRACE (root normally has it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> 19 & 1)  # CAP_SYS_PTRACE = 19
+    except (OSError, ValueError):
+        pass
+    return os.geteuid() == 0
+
+
+def _explain_refusal(pid: int, exc: PtracePermissionError) -> PtracePermissionError:
+    """The ptrace refusal explained for a caller that has CAP_SYS_PTRACE, where "run as its user" is no help."""
+    if not _privileged():
+        return exc
+    try:
+        os.readlink(f"/proc/{pid}/exe")
+        hidden = False
+    except PermissionError:
+        hidden = True
+    except OSError:
+        hidden = False
+    comm = (_proc_stat(pid) or ("?", 0))[0]
+    if hidden:
+        why = (f"the kernel refuses this process any access to process {pid} ({comm}) -- even /proc/{pid}/exe "
+               f"cannot be read -- although it has CAP_SYS_PTRACE (uid {os.geteuid()}): the target lies outside "
+               f"this process's reach (an ancestor user namespace, or a security module's policy); dump it from "
+               f"the namespace it runs in")
+    else:
+        why = (f"ptrace refused to attach to process {pid} ({comm}) although this process has CAP_SYS_PTRACE "
+               f"(uid {os.geteuid()}): a security module (SELinux, AppArmor, Yama) or a tracer already attached "
+               f"forbids it ({exc})")
+    return PtracePermissionError(why, exc.sys_errno)
 
 
 def _failure(snapshot: Any, callback: Any) -> errors.DumpFailedError:
@@ -135,11 +162,13 @@ def write_dump(
     timeout: float | None = None,
     max_write: int = 16 << 20,
     progress: Callable[[Progress], None] | None = None,
+    overwrite: bool = False,
     _fault: int = 0,
 ) -> StreamResult:
     """Write a minidump of the live process ``pid`` through the streaming callback.
 
-    ``sinks_or_ring``: a path (written with a :class:`~mdstream.FileSink`), a
+    ``sinks_or_ring``: a path (written with a :class:`~mdstream.FileSink`; an
+    existing file is refused unless ``overwrite=True``), a
     sink or a list of sinks (drained here), ``None`` (one
     :class:`~mdstream.MemorySink`), or a :class:`~mdstream.Ring` that another
     process drains (nothing is drained here).
@@ -173,13 +202,14 @@ def write_dump(
     from mdstream._ring import Ring
     from mdstream._sinks import FileSink, MemorySink
 
+    _check_dumpable(pid)
     ring: Ring | None = sinks_or_ring if isinstance(sinks_or_ring, Ring) else None
     sink_list: list[Sink] | None = None
     if ring is None:
         if sinks_or_ring is None:
             sink_list = [MemorySink()]
         elif isinstance(sinks_or_ring, (str, os.PathLike)):
-            sink_list = [FileSink(sinks_or_ring)]
+            sink_list = [FileSink(sinks_or_ring, overwrite=overwrite)]
         elif isinstance(sinks_or_ring, (list, tuple)):
             sink_list = list(sinks_or_ring)
         else:
@@ -187,18 +217,21 @@ def write_dump(
         if not sink_list:
             raise ValueError("no sinks")
 
-    snapshot = Snapshot.take(
-        pid,
-        full=full,
-        include_environ=include_environ,
-        include_cmdline=include_cmdline,
-        sanitize_stacks=sanitize_stacks,
-        max_stack=max_stack,
-        ip_context=ip_context,
-        stop_timeout=stop_timeout,
-        exception=exception,
-        _fault=_fault,
-    )
+    try:
+        snapshot = Snapshot.take(
+            pid,
+            full=full,
+            include_environ=include_environ,
+            include_cmdline=include_cmdline,
+            sanitize_stacks=sanitize_stacks,
+            max_stack=max_stack,
+            ip_context=ip_context,
+            stop_timeout=stop_timeout,
+            exception=exception,
+            _fault=_fault,
+        )
+    except PtracePermissionError as exc:
+        raise _explain_refusal(pid, exc) from None
     # The target runs again from here on.
     if ring is None:
         ring = Ring.create(None, ring_capacity)
@@ -228,6 +261,7 @@ def write_dump(
     if not snapshot.succeeded:
         raise _failure(snapshot, callback)
     result.writes = snapshot.writes
+    result.rewritten_bytes = 0  # the writer emits every byte once, at increasing offsets
     result.extra.update(snapshot.figures)
     result.extra["emit_seconds"] = snapshot.emit_seconds
     result.extra["full"] = bool(full)

@@ -23,6 +23,9 @@ from typing import Any, Iterator, Union
 import numpy as np
 import numpy.typing as npt
 
+from mdstream._files import map_file
+from mdstream.errors import MinidumpFormatError, NotAMinidumpError
+
 __all__ = [
     "HEADER_SIZE",
     "DIRECTORY_ENTRY_SIZE",
@@ -37,7 +40,15 @@ __all__ = [
     "check_header",
     "iter_regions",
     "read_info",
+    "read_summary",
+    "register_stream_type",
     "stream_type_name",
+    "vendor_tag",
+    "DumpSummary",
+    "ExceptionSummary",
+    "ModuleSummary",
+    "SystemSummary",
+    "ThreadSummary",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -101,18 +112,40 @@ STREAM_TYPE_NAMES: dict[int, str] = {
     0x47670008: "LinuxAuxv",
     0x47670009: "LinuxMaps",
     0x4767000A: "LinuxDsoDebug",
+    # LLVM's additions to Breakpad's Linux range
+    0x4767000B: "LinuxProcStat",
+    0x4767000C: "LinuxProcUptime",
+    0x4767000D: "LinuxProcFD",
     # Crashpad ("CP")
     0x43500001: "CrashpadInfo",
+    # Chromium
+    0x4B6B0002: "StabilityReport",
     # Mozilla ("Mz")
     0x4D7A0001: "MozMacosCrashInfo",
     0x4D7A0002: "MozMacosBootargs",
     0x4D7A0003: "MozLinuxLimits",
     0x4D7A0004: "MozSoftErrors",
+    # Wine's dbghelp: its private list of ELF modules (winedbg's minidumps)
+    0xFFF0: "WineElfModuleList",
+    # Facebook (LLVM's MinidumpConstants.def)
+    0xFACE0000: "FacebookStreamMarkers",
+    0xFACE1CA7: "FacebookLogcat",
+    0xFACECAF0: "FacebookUnwindStackSymbols",
+    0xFACECAFA: "FacebookAppCustomData",
+    0xFACECAFB: "FacebookAppBuildID",
+    0xFACECAFC: "FacebookAppVersionName",
+    0xFACECAFD: "FacebookJavaStack",
+    0xFACECAFE: "FacebookDalvikInfo",
+    0xFACECAFF: "FacebookUnwindSymbols",
+    0xFACECB00: "FacebookDumpErrorLog",
+    0xFACECCCC: "FacebookAppStateLog",
+    0xFACEDEAD: "FacebookAbortReason",
+    0xFACEE000: "FacebookThreadName",
 }
 
 # Streams holding text (written whole by a writer).
-_TEXT_STREAMS = frozenset({10, 11, 0x47670003, 0x47670004, 0x47670005, 0x47670006, 0x47670007,
-                           0x47670009, 0x4D7A0002, 0x4D7A0003, 0x4D7A0004})
+_TEXT_STREAMS = {10, 11, 0x47670003, 0x47670004, 0x47670005, 0x47670006, 0x47670007,
+                 0x47670009, 0x4767000B, 0x4767000C, 0x4D7A0002, 0x4D7A0003, 0x4D7A0004}
 
 _THREAD_SIZE = 48
 _THREAD_FIELDS = (4, 4, 4, 4, 8, 8, 8, 8)  # Id, Suspend, PriorityClass, Priority, Teb, Stack.Start, Stack.Loc, Context
@@ -130,17 +163,34 @@ _SYSTEM_INFO_SIZE = 56
 _SYSTEM_INFO_FIELDS = (4, 4, 4, 4, 4, 4, 4, 4, 12, 4, 4, 4)
 
 
-class NotAMinidumpError(ValueError):
-    """The file is not a minidump (wrong signature, or shorter than the 32-byte header)."""
-
-
-class MinidumpFormatError(ValueError):
-    """The file claims to be a minidump but its stream directory does not fit in it."""
-
-
 def stream_type_name(stream_type: int) -> str:
-    """The SDK (or Breakpad/Crashpad/Mozilla) name of a stream type, else ``"0x%08x"``."""
+    """The SDK (or Breakpad/Crashpad/Mozilla/...) name of a stream type, else ``"0x%08x"``."""
     return STREAM_TYPE_NAMES.get(stream_type, f"0x{stream_type:08x}")
+
+
+def register_stream_type(stream_type: int, name: str, *, text: bool = False) -> None:
+    """Name a vendor stream type for ``mdstream info`` and the region map (e.g. a crash
+    reporter's own stream).  ``text=True`` marks a stream a writer emits in one piece.
+
+    Re-registering a type under the same name is a no-op; a different name for a
+    known type raises ``ValueError`` (two vendors claiming one number is a bug).
+    """
+    stream_type = int(stream_type)
+    if not 0 < stream_type <= 0xFFFFFFFF:
+        raise ValueError(f"stream type {stream_type:#x} does not fit 32 bits (0 is UnusedStream)")
+    known = STREAM_TYPE_NAMES.get(stream_type)
+    if known is not None and known != name:
+        raise ValueError(f"stream type 0x{stream_type:08x} is already named {known!r}")
+    STREAM_TYPE_NAMES[stream_type] = name
+    if text:
+        _TEXT_STREAMS.add(stream_type)
+
+
+def vendor_tag(stream_type: int) -> str | None:
+    """The two ASCII letters vendors put in a stream type's high word (``0x47670003`` -> ``"Gg"``), if any."""
+    high = (stream_type >> 16) & 0xFFFF
+    letters = bytes((high >> 8, high & 0xFF))
+    return letters.decode("ascii") if all(0x41 <= b <= 0x5A or 0x61 <= b <= 0x7A for b in letters) else None
 
 
 @dataclass(frozen=True)
@@ -239,7 +289,11 @@ class MinidumpInfo:
         ]
         rows = [("#", "type", "name", "size", "rva", "problem")]
         for s in self.streams:
-            rows.append((str(s.index), f"0x{s.type:08x}", s.type_name, str(s.data_size), f"0x{s.rva:08x}",
+            name = s.type_name
+            if s.type not in STREAM_TYPE_NAMES:
+                tag = vendor_tag(s.type)
+                name = f"unknown (vendor {tag!r})" if tag else "unknown"
+            rows.append((str(s.index), f"0x{s.type:08x}", name, str(s.data_size), f"0x{s.rva:08x}",
                          s.problem or ""))
         widths = [max(len(r[c]) for r in rows) for c in range(5)]
         for r in rows:
@@ -322,9 +376,7 @@ def _as_array(source: Source) -> tuple[npt.NDArray[np.uint8], str]:
         return source, "<buffer>"
     if isinstance(source, (bytes, bytearray, memoryview)):
         return np.frombuffer(source, dtype=np.uint8), "<buffer>"
-    from mdstream.schedules import _map_file
-
-    return _map_file(source), os.path.basename(os.fspath(source))
+    return map_file(source, "minidump"), os.fspath(source)
 
 
 def check_header(data: npt.NDArray[np.uint8], name: str = "<buffer>") -> tuple[int, ...]:
@@ -554,3 +606,258 @@ def _stream_parts(rd: _Reader, i: int, stype: int, tname: str, rva: int, dsize: 
         out.append(Region(rva, rva + _SYSTEM_INFO_SIZE, "entry", f"{tname}.MINIDUMP_SYSTEM_INFO", i,
                           _SYSTEM_INFO_FIELDS, "struct", refs))
     yield from out
+
+
+# --------------------------------------------------------------------------
+# Summary: what a user looks for first (minidump-stackwalk's summary, without unwinding)
+# --------------------------------------------------------------------------
+
+#: MINIDUMP_SYSTEM_INFO.ProcessorArchitecture (Windows SDK and Breakpad's 0x8000 range).
+CPU_ARCHITECTURES: dict[int, str] = {
+    0: "x86", 1: "MIPS", 2: "Alpha", 3: "PPC", 4: "SHX", 5: "ARM", 6: "IA64", 7: "Alpha64", 8: "MSIL",
+    9: "amd64", 10: "x86 on Win64", 12: "arm64", 0x8001: "SPARC", 0x8002: "PPC64", 0x8003: "arm64",
+    0x8004: "MIPS64", 0x8005: "RISC-V", 0x8006: "RISC-V 64", 0xFFFF: "unknown",
+}
+#: MINIDUMP_SYSTEM_INFO.PlatformId (Windows SDK and Breakpad's 0x8000 range).
+PLATFORMS: dict[int, str] = {
+    0: "Win32s", 1: "Windows 9x", 2: "Windows NT", 3: "Windows CE", 0x8000: "Unix", 0x8101: "macOS",
+    0x8102: "iOS", 0x8201: "Linux", 0x8202: "Solaris", 0x8203: "Android", 0x8204: "PS3", 0x8205: "NaCl",
+    0x8206: "Fuchsia",
+}
+_POSIX_PLATFORMS = frozenset({0x8000, 0x8101, 0x8102, 0x8201, 0x8202, 0x8203, 0x8204, 0x8205, 0x8206})
+#: Exception codes of Windows dumps (NTSTATUS values a crash reports).
+WINDOWS_EXCEPTION_CODES: dict[int, str] = {
+    0x80000003: "EXCEPTION_BREAKPOINT", 0x80000004: "EXCEPTION_SINGLE_STEP",
+    0xC0000005: "EXCEPTION_ACCESS_VIOLATION", 0xC0000006: "EXCEPTION_IN_PAGE_ERROR",
+    0xC0000008: "EXCEPTION_INVALID_HANDLE", 0xC000001D: "EXCEPTION_ILLEGAL_INSTRUCTION",
+    0xC0000025: "EXCEPTION_NONCONTINUABLE_EXCEPTION", 0xC000008C: "EXCEPTION_ARRAY_BOUNDS_EXCEEDED",
+    0xC000008E: "EXCEPTION_FLT_DIVIDE_BY_ZERO", 0xC0000094: "EXCEPTION_INT_DIVIDE_BY_ZERO",
+    0xC0000095: "EXCEPTION_INT_OVERFLOW", 0xC0000096: "EXCEPTION_PRIV_INSTRUCTION",
+    0xC00000FD: "EXCEPTION_STACK_OVERFLOW", 0xC0000374: "STATUS_HEAP_CORRUPTION",
+    0xC0000409: "STATUS_STACK_BUFFER_OVERRUN (fast fail)", 0xC0000420: "STATUS_ASSERTION_FAILURE",
+    0xE06D7363: "C++ exception (0xE06D7363)",
+}
+#: Exception codes of POSIX dumps (Breakpad/Crashpad/mdstream write the signal number).
+POSIX_SIGNALS: dict[int, str] = {
+    1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE",
+    9: "SIGKILL", 10: "SIGUSR1", 11: "SIGSEGV", 12: "SIGUSR2", 13: "SIGPIPE", 14: "SIGALRM", 15: "SIGTERM",
+    24: "SIGXCPU", 25: "SIGXFSZ", 31: "SIGSYS", 0xFFFFFFFF: "DUMP_REQUESTED",
+}
+# Bounds on what a summary lists (a hostile count must not make it slow).
+_MAX_SUMMARY_ENTRIES = 100_000
+_MAX_STRING_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class SystemSummary:
+    """``MINIDUMP_SYSTEM_INFO``: CPU, processor count and operating system."""
+
+    cpu: str
+    cpu_count: int
+    os: str
+    os_version: str
+    csd_version: str | None
+    cpu_vendor: str | None = None
+
+
+@dataclass(frozen=True)
+class ExceptionSummary:
+    """The Exception stream: the crashing thread, what happened and where."""
+
+    thread_id: int
+    code: int
+    code_name: str | None
+    flags: int
+    address: int
+
+
+@dataclass(frozen=True)
+class ThreadSummary:
+    """A thread of the ThreadList (or ThreadExList) and its name from the ThreadNames stream."""
+
+    id: int
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class ModuleSummary:
+    """A module of the ModuleList, with the identifiers symbol servers match on.
+
+    ``debug_id``: Breakpad's debug identifier (PDB GUID + age, or the ELF
+    build id folded into a GUID + ``0``); ``build_id``: the ELF GNU build id in
+    hex (CodeView ``BpEL`` records, bytes ``LEpB`` in the file); ``debug_file``: the PDB name of a
+    ``RSDS`` record.
+    """
+
+    base: int
+    size: int
+    name: str | None
+    debug_id: str | None = None
+    build_id: str | None = None
+    debug_file: str | None = None
+
+
+@dataclass(frozen=True)
+class DumpSummary:
+    """What ``mdstream info`` shows above the stream table."""
+
+    system: SystemSummary | None
+    exception: ExceptionSummary | None
+    threads: list[ThreadSummary] = field(default_factory=list)
+    modules: list[ModuleSummary] = field(default_factory=list)
+    thread_count: int | None = None
+    module_count: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.exception is not None:
+            out["exception"]["code_hex"] = f"0x{self.exception.code:08x}"
+            out["exception"]["address_hex"] = f"0x{self.exception.address:x}"
+        for m, d in zip(self.modules, out["modules"]):
+            d["base_hex"] = f"0x{m.base:x}"
+        return out
+
+    def format_text(self) -> list[str]:
+        lines: list[str] = []
+        if self.system is not None:
+            s = self.system
+            cpu = f"{s.cpu}, {_plural(s.cpu_count, 'CPU')}" + (f" ({s.cpu_vendor})" if s.cpu_vendor else "")
+            os_text = " ".join(x for x in (s.os, s.os_version) if x) + (f" ({s.csd_version})" if s.csd_version else "")
+            lines.append(f"system      {os_text}; {cpu}")
+        if self.exception is not None:
+            e = self.exception
+            what = e.code_name or f"0x{e.code:08x}"
+            lines.append(f"exception   {what} (code 0x{e.code:08x}, flags 0x{e.flags:x}) at 0x{e.address:x} "
+                         f"in thread {e.thread_id}")
+        if self.thread_count is not None:
+            named = [t for t in self.threads if t.name]
+            shown = ", ".join(f"{t.id} {t.name!r}" for t in named[:8]) + (", ..." if len(named) > 8 else "")
+            lines.append(f"threads     {self.thread_count:,}" + (f": {shown}" if shown else ""))
+        if self.module_count is not None:
+            lines.append(f"modules     {self.module_count:,}")
+            for m in self.modules:
+                ident = (f"build id {m.build_id}" if m.build_id else
+                         f"debug id {m.debug_id}" + (f" ({m.debug_file})" if m.debug_file else "") if m.debug_id
+                         else "no build id")
+                lines.append(f"  0x{m.base:016x} {m.size:>11,}  {m.name or '?'}  [{ident}]")
+        return lines
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def _read_string(rd: _Reader, rva: int) -> str | None:
+    """A MINIDUMP_STRING (u32 byte length, UTF-16LE), bounds-checked; None if it does not fit."""
+    if not rva:
+        return None
+    length = rd.u32(rva)
+    if length is None or length > _MAX_STRING_BYTES or rva + 4 + length > rd.size:
+        return None
+    return rd.data[rva + 4:rva + 4 + length].tobytes().decode("utf-16-le", "replace")
+
+
+def _guid_text(raw: bytes) -> str:
+    d1, d2, d3 = struct.unpack("<IHH", raw[:8])
+    return f"{d1:08X}{d2:04X}{d3:04X}" + raw[8:16].hex().upper()
+
+
+def _codeview(rd: _Reader, rva: int, size: int) -> tuple[str | None, str | None, str | None]:
+    """(debug_id, build_id, debug_file) of a CodeView record."""
+    if not rva or size < 4 or rva + size > rd.size:
+        return None, None, None
+    raw = rd.data[rva:rva + min(size, 4096)].tobytes()
+    sig = raw[:4]
+    if sig == b"RSDS" and len(raw) >= 24:
+        age = struct.unpack_from("<I", raw, 20)[0]
+        name = raw[24:].split(b"\0", 1)[0].decode("utf-8", "replace") or None
+        return _guid_text(raw[4:20]) + f"{age:X}", None, name
+    if sig == b"LEpB" and len(raw) > 4:  # 'BpEL' as a little-endian u32
+        build = raw[4:]
+        folded = (build + bytes(16))[:16]   # Breakpad: the first 16 bytes as a GUID, age 0
+        return _guid_text(folded) + "0", build.hex(), None
+    if sig == b"NB10" and len(raw) >= 16:
+        signature, age = struct.unpack_from("<II", raw, 8)
+        name = raw[16:].split(b"\0", 1)[0].decode("utf-8", "replace") or None
+        return f"{signature:08X}{age:X}", None, name
+    return None, None, None
+
+
+def read_summary(source: Source) -> DumpSummary:
+    """System info, the exception, threads with their names and modules with their build ids.
+
+    Reads only what the directory points at, bounds-checked: a stream that is
+    missing, too short or points outside the file leaves its part empty
+    (``None`` or no entries) instead of failing; lists are cut at 100,000
+    entries.  Raises :class:`NotAMinidumpError` / :class:`MinidumpFormatError`
+    like :func:`read_info`.
+    """
+    data, name = _as_array(source)
+    _, entries = _directory(data, name)
+    rd = _Reader(data)
+    first: dict[int, tuple[int, int]] = {}
+    for stype, dsize, srva in entries.tolist():
+        if stype not in first and srva + dsize <= rd.size:
+            first[stype] = (srva, dsize)
+
+    system = None
+    platform = None
+    if 7 in first and first[7][1] >= _SYSTEM_INFO_SIZE:
+        rva, _ = first[7]
+        raw = data[rva:rva + _SYSTEM_INFO_SIZE].tobytes()
+        arch, _level, _rev, ncpu = struct.unpack_from("<HHHB", raw, 0)
+        major, minor, build, platform = struct.unpack_from("<IIII", raw, 8)
+        vendor_raw = raw[32:44]
+        # CPU_INFORMATION holds a cpuid vendor string only for x86 dumps (some amd64 writers fill it too).
+        vendor = vendor_raw.decode("ascii") if vendor_raw.isalpha() and vendor_raw.isascii() else None
+        system = SystemSummary(
+            cpu=CPU_ARCHITECTURES.get(arch, f"architecture 0x{arch:04x}"), cpu_count=ncpu,
+            os=PLATFORMS.get(platform, f"platform 0x{platform:x}"),
+            os_version=f"{major}.{minor}.{build}" if major or minor or build else "",
+            csd_version=_read_string(rd, rd.u32(rva + 24) or 0) or None, cpu_vendor=vendor or None)
+
+    exception = None
+    if 6 in first and first[6][1] >= _EXCEPTION_SIZE:
+        rva, _ = first[6]
+        raw = data[rva:rva + 32].tobytes()
+        thread_id, = struct.unpack_from("<I", raw, 0)
+        code, flags = struct.unpack_from("<II", raw, 8)
+        address, = struct.unpack_from("<Q", raw, 24)
+        table = POSIX_SIGNALS if platform in _POSIX_PLATFORMS else WINDOWS_EXCEPTION_CODES
+        exception = ExceptionSummary(thread_id, code, table.get(code), flags, address)
+
+    names: dict[int, str] = {}
+    if 24 in first and first[24][1] >= 4:
+        rva, dsize = first[24]
+        count = rd.u32(rva)
+        at, n = _list_layout(count, rva, dsize, _THREAD_NAME_SIZE)
+        for k in range(min(n, _MAX_SUMMARY_ENTRIES)):
+            e = at + k * _THREAD_NAME_SIZE
+            text = _read_string(rd, rd.u64(e + 4) or 0)
+            if text:
+                names[rd.u32(e) or 0] = text
+    threads: list[ThreadSummary] = []
+    thread_count = None
+    for stype, esize in ((3, _THREAD_SIZE), (8, _THREAD_EX_SIZE)):
+        if stype in first and first[stype][1] >= 4:
+            rva, dsize = first[stype]
+            count = rd.u32(rva)
+            at, n = _list_layout(count, rva, dsize, esize)
+            thread_count = n
+            for k in range(min(n, _MAX_SUMMARY_ENTRIES)):
+                tid = rd.u32(at + k * esize) or 0
+                threads.append(ThreadSummary(tid, names.get(tid)))
+            break
+
+    modules: list[ModuleSummary] = []
+    module_count = None
+    if 4 in first and first[4][1] >= 4:
+        rva, dsize = first[4]
+        at, n = _list_layout(rd.u32(rva), rva, dsize, _MODULE_SIZE)
+        module_count = n
+        for k in range(min(n, _MAX_SUMMARY_ENTRIES)):
+            e = at + k * _MODULE_SIZE
+            debug_id, build_id, debug_file = _codeview(rd, rd.u32(e + 80) or 0, rd.u32(e + 76) or 0)
+            modules.append(ModuleSummary(rd.u64(e) or 0, rd.u32(e + 8) or 0, _read_string(rd, rd.u32(e + 20) or 0),
+                                         debug_id, build_id, debug_file))
+    return DumpSummary(system, exception, threads, modules, thread_count, module_count)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 from mdstream import errors
@@ -179,27 +180,97 @@ class Progress:
         return self.bytes / self.seconds if self.seconds > 0 else 0.0
 
 
-@dataclass
+@dataclass(init=False)
 class StreamResult:
     """What a pipeline run did.
 
-    ``status`` is ``"ok"`` or ``"failed"``; ``bytes`` payload bytes drained,
-    ``writes`` the writer's I/O calls (when known), ``records`` ring records
-    drained (adjacent writes may share one), ``final_size`` the dump's size
-    (highest offset + length), ``outputs`` what each sink's ``finish`` returned.
+    ``status`` is ``"ok"`` or ``"failed"``.  ``written_bytes`` is the payload
+    the writer handed over (every ``IoWriteAllCallback``'s bytes, so a region
+    written twice counts twice), ``writes`` the writer's I/O calls (when
+    known), ``records`` the ring records drained (adjacent writes may share
+    one), ``output_size`` the dump's size (highest offset + length), and
+    ``rewritten_bytes`` the bytes written again over bytes already written
+    (``None`` when not known: only a run that knows its whole write list can
+    count them).  ``outputs`` is what each sink's ``finish`` returned.
+
+    The old names still work and warn: ``bytes`` (= ``written_bytes``) and
+    ``final_size`` (= ``output_size``), as attributes and as constructor keywords.
     """
 
     status: str
-    bytes: int
+    written_bytes: int
     writes: int
     records: int
     seconds: float
-    final_size: int
-    hresult: int | None = None
-    reason: str | None = None
-    outputs: list[Any] = field(default_factory=list)
-    sinks: list[Any] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
+    output_size: int
+    hresult: int | None
+    reason: str | None
+    outputs: list[Any]
+    sinks: list[Any]
+    extra: dict[str, Any]
+    rewritten_bytes: int | None
+
+    def __init__(
+        self,
+        status: str,
+        written_bytes: int | None = None,
+        writes: int = 0,
+        records: int = 0,
+        seconds: float = 0.0,
+        output_size: int | None = None,
+        hresult: int | None = None,
+        reason: str | None = None,
+        outputs: list[Any] | None = None,
+        sinks: list[Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        rewritten_bytes: int | None = None,
+        **deprecated: Any,
+    ) -> None:
+        for old, new in (("bytes", "written_bytes"), ("final_size", "output_size")):
+            if old in deprecated:
+                warnings.warn(f"StreamResult({old}=...) is deprecated; use {new}=", DeprecationWarning, stacklevel=2)
+                if (written_bytes if new == "written_bytes" else output_size) is not None:
+                    raise TypeError(f"StreamResult got both {old}= and {new}=")
+                if new == "written_bytes":
+                    written_bytes = deprecated.pop(old)
+                else:
+                    output_size = deprecated.pop(old)
+        if deprecated:
+            raise TypeError(f"StreamResult got unexpected keyword arguments: {', '.join(sorted(deprecated))}")
+        self.status = status
+        self.written_bytes = int(written_bytes or 0)
+        self.writes = writes
+        self.records = records
+        self.seconds = seconds
+        self.output_size = int(output_size or 0)
+        self.hresult = hresult
+        self.reason = reason
+        self.outputs = [] if outputs is None else outputs
+        self.sinks = [] if sinks is None else sinks
+        self.extra = {} if extra is None else extra
+        self.rewritten_bytes = rewritten_bytes
+
+    @property
+    def bytes(self) -> int:
+        """Deprecated name of :attr:`written_bytes`."""
+        warnings.warn("StreamResult.bytes is deprecated; use written_bytes", DeprecationWarning, stacklevel=2)
+        return self.written_bytes
+
+    @bytes.setter
+    def bytes(self, value: int) -> None:
+        warnings.warn("StreamResult.bytes is deprecated; use written_bytes", DeprecationWarning, stacklevel=2)
+        self.written_bytes = value
+
+    @property
+    def final_size(self) -> int:
+        """Deprecated name of :attr:`output_size`."""
+        warnings.warn("StreamResult.final_size is deprecated; use output_size", DeprecationWarning, stacklevel=2)
+        return self.output_size
+
+    @final_size.setter
+    def final_size(self, value: int) -> None:
+        warnings.warn("StreamResult.final_size is deprecated; use output_size", DeprecationWarning, stacklevel=2)
+        self.output_size = value
 
     @property
     def ok(self) -> bool:
@@ -207,18 +278,25 @@ class StreamResult:
 
     @property
     def gbps(self) -> float:
-        """Payload gigabytes (1e9) per second."""
-        return self.bytes / self.seconds / 1e9 if self.seconds > 0 else 0.0
+        """Written gigabytes (1e9) per second."""
+        return self.written_bytes / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """``written N bytes (M writes, K bytes rewritten); output S bytes`` (K left out when unknown)."""
+        rewritten = "" if self.rewritten_bytes is None else f", {self.rewritten_bytes:,} bytes rewritten"
+        return (f"written {self.written_bytes:,} bytes ({_plural(self.writes, 'write')}{rewritten}); "
+                f"output {self.output_size:,} bytes")
 
     def to_dict(self) -> dict[str, Any]:
         out = {
             "status": self.status,
-            "bytes": self.bytes,
+            "written_bytes": self.written_bytes,
             "writes": self.writes,
             "records": self.records,
             "seconds": self.seconds,
             "gbps": self.gbps,
-            "final_size": self.final_size,
+            "output_size": self.output_size,
+            "rewritten_bytes": self.rewritten_bytes,
         }
         if self.hresult is not None:
             out["hresult"] = f"0x{self.hresult & 0xFFFFFFFF:08X}"
@@ -226,6 +304,10 @@ class StreamResult:
             out["reason"] = self.reason
         out.update(self.extra)
         return out
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
 def _sink_size(sink: Any) -> int:
@@ -410,11 +492,11 @@ def drain(
     final_size = max((_sink_size(s) for s in sink_list), default=0)
     return StreamResult(
         status="ok",
-        bytes=state.bytes,
+        written_bytes=state.bytes,
         writes=writes() if writes else state.records,
         records=state.records,
         seconds=seconds,
-        final_size=final_size,
+        output_size=final_size,
         outputs=outputs,
         sinks=sink_list,
         extra={"committed": True, "dump_id": f"{ring.dump_id or 0:016x}"},

@@ -47,7 +47,7 @@ def run_plan(
     io_handle: int = 0,
     started: Callable[[], None] | None = None,
 ) -> StreamResult:
-    """Drive ``callback`` with ``plan`` (a :class:`~mdstream.schedules.WritePlan`) from a
+    """Drive ``callback`` with ``plan`` (a :class:`~mdstream.plan.WritePlan`) from a
     native thread; drain its ring into ``sinks`` here (``None``: someone else
     drains it, e.g. another process attached to a named ring).  ``started`` is
     called once the native thread runs, before draining."""
@@ -122,7 +122,7 @@ def replay(
     """Replay ``source`` through the real callback routine, as DbgHelp would.
 
     ``source`` is a minidump file, an MDTRACE1 trace (detected by its magic) or
-    a :class:`~mdstream.schedules.WritePlan`.  Dumps are cut into writes by
+    a :class:`~mdstream.plan.WritePlan`.  Dumps are cut into writes by
     ``schedule``: ``"sequential"`` (fixed ``chunk``-sized pieces),
     ``"writer"`` (header, streams, then seeking back to patch the header and
     directory in small pieces, memory in 1 KiB chunks) or ``"shuffled"`` (a
@@ -139,13 +139,12 @@ def replay(
     Status, as DbgHelp would fail.
     """
     from mdstream._sinks import MemorySink
-    from mdstream.schedules import WritePlan, plan_for
+    from mdstream.plan import WritePlan
+    from mdstream.schedules import plan_for
 
     plan = source if isinstance(source, WritePlan) else plan_for(os.fspath(source), schedule=schedule, chunk=chunk, seed=seed)
-    own_ring = None
-    if callback is None:
-        own_ring = Ring.create(None, ring_capacity)
-        callback = DumpCallback(own_ring, deadline=deadline, coalesce=coalesce)
+    if callback is None:  # the private ring lives as long as the callback
+        callback = DumpCallback(Ring.create(None, ring_capacity), deadline=deadline, coalesce=coalesce)
     sink_list: list[Sink] | None
     if not drain_here:
         sink_list = None
@@ -155,10 +154,6 @@ def replay(
         sink_list = list(sinks)
     else:
         sink_list = [sinks]  # type: ignore[list-item]
-    try:
-        result = run_plan(plan, callback, sink_list, progress=progress, timeout=timeout)
-    finally:
-        if own_ring is not None:
-            pass  # the ring lives as long as the callback; freed with it
+    result = run_plan(plan, callback, sink_list, progress=progress, timeout=timeout)
     result.extra["source"] = getattr(plan, "name", str(source))
     return result

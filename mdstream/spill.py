@@ -29,8 +29,14 @@ from typing import Any, Callable, Union
 import numpy as np
 import numpy.typing as npt
 
-from mdstream._private_files import create_private_temp, fsync_directory, temp_name
-from mdstream.errors import MdstreamError, SpillFormatError
+from mdstream._private_files import check_new_output, create_private_temp, fsync_directory, publish, temp_name
+from mdstream.errors import (
+    InputIsADirectoryError,
+    InputNotFoundError,
+    MdstreamError,
+    SpillFormatError,
+    UnsafePathError,
+)
 
 __all__ = [
     "BASE_PATH_SIZE",
@@ -289,14 +295,21 @@ def _open_regular(path: str, what: str, *, follow: bool = False) -> int:
     flags = _OPEN_READ if not follow else _OPEN_READ & ~getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise InputNotFoundError(errno.ENOENT, f"{path}: no such file (the {what})", path) from None
     except OSError as exc:
         # ELOOP (EMLINK on some BSDs) is what O_NOFOLLOW answers for a symlink.
         if not follow and exc.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):
-            raise PermissionError(errno.ELOOP, f"the {what} is a symlink; refusing to follow it", path) from None
+            raise UnsafePathError(errno.ELOOP, f"{path}: the {what} is a symlink; refusing to follow it",
+                                  path) from None
         raise
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise InputIsADirectoryError(errno.EISDIR, f"{path}: is a directory, not the {what}", path)
+        if not stat.S_ISREG(mode):
             raise SpillFormatError(f"{path}: the {what} is not a regular file")
+        os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
@@ -423,9 +436,10 @@ def read_manifest(path: PathLike) -> SpillManifest:
     ``path`` is the spill file (its manifest is ``path + ".mdspill"``) or the
     manifest itself (a path ending in ``.mdspill``).  Raises
     :class:`SpillFormatError` for anything that is not a valid version-1
-    manifest (the message names the check), :class:`PermissionError` if the
-    manifest's path is a symlink (never followed), and ``OSError`` (e.g.
-    ``FileNotFoundError``) if it cannot be opened.
+    manifest (the message names the check), :class:`~mdstream.errors.UnsafePathError`
+    (a ``PermissionError``) if the manifest's path is a symlink (never followed),
+    :class:`~mdstream.errors.InputNotFoundError` (a ``FileNotFoundError``) if it
+    does not exist, and ``OSError`` if it cannot be opened.
     """
     _, mpath = _paths(path)
     fd = _open_regular(mpath, "spill manifest")
@@ -705,7 +719,7 @@ def _write_private(final: str, overwrite: bool, fsync: bool,
         raise
     os.close(fd)
     try:
-        _publish(temp, final, overwrite)
+        publish(temp, final, overwrite)
     except BaseException:
         os.unlink(temp)
         raise
@@ -752,7 +766,8 @@ def finish(spill_path: PathLike, output: PathLike, base: PathLike | None = None,
 
     ``output`` is written privately (0600, a new temporary file beside it
     that no symlink can redirect), fsynced and moved into place; an existing
-    ``output`` is an error (``FileExistsError``) unless ``overwrite``.  The
+    ``output`` is an error (:class:`~mdstream.errors.OutputExistsError`, a
+    ``FileExistsError``) unless ``overwrite``.  The
     spill and manifest are opened without following symlinks; ``base``, which
     the caller names explicitly, may be one.  Everything is streamed in
     chunks of :data:`CHUNK` bytes.
@@ -778,8 +793,7 @@ def finish(spill_path: PathLike, output: PathLike, base: PathLike | None = None,
         raise SpillError(f"{spill}: the spill is not FINISHED (the producer is still writing it, or died "
                          f"before IoFinish): it does not hold the whole dump")
     final = os.path.abspath(os.fspath(output))
-    if not overwrite and os.path.lexists(final):
-        raise FileExistsError(errno.EEXIST, "exists; use --force (overwrite=True) to replace it", final)
+    check_new_output(final, overwrite)
     if not manifest.base_complete and base is None:
         hint = f"; the consumer wrote to {manifest.base_path}" if manifest.base_path else ""
         raise SpillError(f"{spill}: the consumer's output was not copied into the spill (no BASE_COMPLETE): "
@@ -867,23 +881,3 @@ def finish(spill_path: PathLike, output: PathLike, base: PathLike | None = None,
     }
 
 
-def _publish(temp: str, final: str, overwrite: bool) -> None:
-    """Move the finished temporary file to ``final``; without ``overwrite``, never replace anything."""
-    if overwrite:
-        os.replace(temp, final)  # replaces a symlink at ``final`` itself, never its target
-        return
-    try:
-        # link() fails if ``final`` exists, atomically: no window for a file or symlink to appear.
-        os.link(temp, final, follow_symlinks=False)
-    except FileExistsError:
-        raise FileExistsError(errno.EEXIST, "exists; use --force (overwrite=True) to replace it", final) from None
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
-            raise
-        # A file system without hard links: the best left is check, then rename.
-        if os.path.lexists(final):
-            raise FileExistsError(errno.EEXIST, "exists; use --force (overwrite=True) to replace it",
-                                  final) from None
-        os.replace(temp, final)
-        return
-    os.unlink(temp)

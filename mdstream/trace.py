@@ -1,4 +1,5 @@
-"""MDTRACE1: a recorded sequence of offset-addressed writes (the trace format mdstream records and replays).
+"""MDTRACE1: a recorded sequence of offset-addressed writes (the trace format mdstream records and replays;
+``docs/trace-format.md`` describes it in full).
 
 ::
 
@@ -11,7 +12,7 @@ the last record's data.  ``reserved`` is written as 0 and ignored when read.
 Replaying a trace applies ``pwrite(offset, data)`` for every record in order.
 
 :func:`read_trace` memory-maps a trace and returns a
-:class:`~mdstream.schedules.WritePlan` whose ``buffer`` *is* the mapping:
+:class:`~mdstream.plan.WritePlan` whose ``buffer`` *is* the mapping:
 ``sources`` point at each record's data, nothing is copied.  Finding the
 records is a chain (each header says where the next one starts); for large
 traces of small records the chain is followed by many speculative "lanes" in
@@ -32,7 +33,9 @@ from typing import Any, Union
 import numpy as np
 import numpy.typing as npt
 
-from mdstream.schedules import WritePlan
+from mdstream._files import map_file, open_input
+from mdstream.errors import TraceFormatError, UnsafePathError
+from mdstream.plan import WritePlan
 
 __all__ = ["MAGIC", "RECORD_HEADER_SIZE", "TraceFormatError", "TraceWriter", "is_trace", "read_trace"]
 
@@ -46,35 +49,18 @@ PathLike = Union[str, "os.PathLike[str]"]
 TraceSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, "npt.NDArray[np.uint8]"]
 
 
-class TraceFormatError(ValueError):
-    """A trace is malformed.
-
-    Attributes:
-        record: index of the offending record, or ``None`` for the file header.
-        byte: file position of the offending record (or of the header).
-    """
-
-    def __init__(self, message: str, *, record: int | None = None, byte: int = 0) -> None:
-        super().__init__(message)
-        self.record = record
-        self.byte = byte
-
-    def __reduce__(self) -> Any:
-        return (_rebuild_error, (str(self), self.record, self.byte))
-
-
-def _rebuild_error(message: str, record: int | None, byte: int) -> TraceFormatError:
-    return TraceFormatError(message, record=record, byte=byte)
-
-
 # --------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------
 
 
 def is_trace(path: PathLike) -> bool:
-    """True when the file starts with the MDTRACE1 magic (``OSError`` if it cannot be read)."""
-    with open(path, "rb") as f:
+    """True when the file starts with the MDTRACE1 magic.
+
+    Raises :class:`~mdstream.errors.InputFileError` (missing, a directory, a
+    pipe or device) or ``OSError`` if it cannot be read.
+    """
+    with os.fdopen(open_input(path), "rb") as f:
         return f.read(len(MAGIC)) == MAGIC
 
 
@@ -87,19 +73,11 @@ def _load(source: TraceSource) -> tuple[npt.NDArray[np.uint8], str]:
         return np.frombuffer(source, dtype=np.uint8), "<buffer>"
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"read_trace() wants a path or a bytes-like object, not {type(source).__name__}")
-    import mmap
-
-    name = os.path.basename(os.fspath(source))
-    with open(source, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return np.zeros(0, dtype=np.uint8), name
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    return np.frombuffer(mm, dtype=np.uint8), name
+    return map_file(source, "trace"), os.fspath(source)
 
 
 def read_trace(path_or_buffer: TraceSource) -> WritePlan:
-    """Read an MDTRACE1 trace into a :class:`~mdstream.schedules.WritePlan` (the records, in order).
+    """Read an MDTRACE1 trace into a :class:`~mdstream.plan.WritePlan` (the records, in order).
 
     A path is memory-mapped read-only and the plan's ``buffer`` is the
     mapping; bytes-like objects and uint8 arrays are used in place.  Raises
@@ -138,8 +116,9 @@ def read_trace(path_or_buffer: TraceSource) -> WritePlan:
         lengths = np.zeros(0, np.uint32)
         sources = np.zeros(0, np.uint64)
         size = 0
+    label = os.path.basename(name) if isinstance(path_or_buffer, (str, os.PathLike)) else name
     return WritePlan(buf, np.ascontiguousarray(offsets, dtype=np.uint64), np.ascontiguousarray(lengths, dtype=np.uint32),
-                     sources, size, name)
+                     sources, size, label)
 
 
 # --- the record scan ----------------------------------------------------------
@@ -423,7 +402,8 @@ class TraceWriter:
     * If ``path`` exists, the trace goes to a temporary file in the same
       directory (``O_EXCL``, 0600) that replaces ``path`` atomically on
       :meth:`close`; until then the old file is untouched.
-    * ``path`` being a symbolic link is refused (``OSError`` with ``errno.ELOOP``).
+    * ``path`` being a symbolic link is refused (:class:`~mdstream.errors.UnsafePathError`,
+      an ``OSError`` with ``errno.ELOOP``).
 
     Records are buffered (``buffer_size`` bytes) and written with ``os.write``.
     Used as a context manager the trace is closed on success and aborted (the
@@ -450,7 +430,8 @@ class TraceWriter:
     # -- opening -----------------------------------------------------------
 
     def _refuse_symlink(self) -> None:
-        raise OSError(errno.ELOOP, f"refusing to write a trace through a symbolic link: {self.path!r}", self.path)
+        raise UnsafePathError(errno.ELOOP, f"{self.path}: a symbolic link; refusing to write a trace through it",
+                              self.path)
 
     def _open(self) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC | _O_BINARY

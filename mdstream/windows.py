@@ -10,7 +10,9 @@ becomes a :class:`mdstream.FileSink`).  See ``docs/windows.md``.
 The module imports everywhere; the structure declarations (``_pack_ = 4``, the
 Windows SDK's packing for DbgHelp) are plain ctypes and usable on any system.
 Only :func:`write_dump` needs Windows: elsewhere it raises
-:class:`NotImplementedError` naming the platform.
+:class:`~mdstream.errors.UnsupportedPlatformError` (a ``NotImplementedError``)
+naming the platform, the same class :func:`mdstream.linux.write_dump` raises
+off Linux.  :func:`mdstream.write_dump` picks the right writer for you.
 """
 
 from __future__ import annotations
@@ -223,10 +225,10 @@ DBGHELP_LOCK = threading.Lock()
 
 
 def _load_api() -> _WindowsApi:
-    """The process-wide API object; NotImplementedError off Windows."""
+    """The process-wide API object; UnsupportedPlatformError off Windows."""
     global _API
     if sys.platform != "win32":
-        raise NotImplementedError(
+        raise errors.UnsupportedPlatformError(
             f"mdstream.windows.write_dump needs Windows (DbgHelp's MiniDumpWriteDump); this is {sys.platform}. "
             "On other systems, rehearse with mdstream.replay() (docs/callback.md)."
         )
@@ -312,6 +314,7 @@ def write_dump(
     progress: Callable[[Progress], None] | None = None,
     timeout: float | None = None,
     lock_timeout: float | None = None,
+    overwrite: bool = False,
 ) -> StreamResult:
     """Write a minidump of ``process`` with DbgHelp, streaming it into ``sinks_or_ring``.
 
@@ -320,7 +323,8 @@ def write_dump(
     ``PROCESS_QUERY_INFORMATION | PROCESS_VM_READ | PROCESS_DUP_HANDLE``.
 
     ``sinks_or_ring``: a path (``str`` / ``os.PathLike``: the dump is written
-    there with a :class:`~mdstream.FileSink`, atomically), a sink or a list of
+    there with a :class:`~mdstream.FileSink`, atomically; an existing file is
+    refused unless ``overwrite=True``), a sink or a list of
     sinks (drained here from a private ring of ``ring_capacity`` bytes), or a
     :class:`~mdstream.Ring` / :class:`~mdstream.DumpCallback` that another
     thread or process drains (nothing is drained here; the call returns when
@@ -343,12 +347,12 @@ def write_dump(
     :class:`WriteDumpError` (an ``OSError``) when the process cannot be opened
     or ``MiniDumpWriteDump`` fails, a sink's exception when the consumer
     fails (the dump is then aborted: DbgHelp's next write answers ``E_ABORT``),
-    and :class:`NotImplementedError` off Windows.
+    and :class:`~mdstream.errors.UnsupportedPlatformError` off Windows.
     """
     api = _load_api()
     return _write_dump(api, process, sinks_or_ring, dump_type, exception, user_streams=user_streams,
                        ring_capacity=ring_capacity, deadline=deadline, progress=progress, timeout=timeout,
-                       lock_timeout=lock_timeout)
+                       lock_timeout=lock_timeout, overwrite=overwrite)
 
 
 def _resolve_process(api: Any, process: Any) -> tuple[int, int, bool]:
@@ -386,11 +390,12 @@ def _write_dump(
     progress: Callable[[Progress], None] | None,
     timeout: float | None,
     lock_timeout: float | None,
+    overwrite: bool = False,
 ) -> StreamResult:
     from mdstream._callback import DumpCallback
     from mdstream._ring import Ring
     from mdstream._sinks import FileSink
-    from mdstream.pipeline import DEFAULT_RING_CAPACITY, StreamResult, drain
+    from mdstream.pipeline import DEFAULT_RING_CAPACITY, drain
 
     flags = _dump_type(dump_type)
     exc_info = _exception_info(exception)
@@ -405,7 +410,7 @@ def _write_dump(
         callback, sinks = DumpCallback(sinks_or_ring, deadline=deadline), None
     else:
         if isinstance(sinks_or_ring, (str, os.PathLike)):
-            sinks = [FileSink(os.fspath(sinks_or_ring))]
+            sinks = [FileSink(os.fspath(sinks_or_ring), overwrite=overwrite)]
         elif isinstance(sinks_or_ring, (list, tuple)):
             sinks = list(sinks_or_ring)
         else:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import dbghelp_ctypes as abi
-from conftest import fixture_dumps
+from conftest import NO_FIXTURES, fixture_dumps, fixture_params
 from mdstream import (
     DumpCallback,
     DumpFailedError,
@@ -401,7 +401,7 @@ def test_replay_failure_from_the_callback_side_raises_dump_failed():
 
 
 @pytest.mark.parametrize("schedule", ["sequential", "writer", "shuffled"])
-@pytest.mark.parametrize("dump", fixture_dumps(), ids=lambda p: p.name)
+@pytest.mark.parametrize("dump", fixture_params())
 def test_replay_of_real_dumps_is_byte_identical(dump, schedule, tmp_path):
     original = dump.read_bytes()
     result = replay(dump, schedule=schedule, ring_capacity=8192)
@@ -409,11 +409,11 @@ def test_replay_of_real_dumps_is_byte_identical(dump, schedule, tmp_path):
     out = tmp_path / "out.dmp"
     result = replay(dump, schedule=schedule, sinks=[FileSink(out)], ring_capacity=1 << 16, coalesce=False)
     assert hashlib.sha256(out.read_bytes()).hexdigest() == hashlib.sha256(original).hexdigest()
-    assert result.final_size == len(original)
+    assert result.output_size == len(original)
     assert result.writes >= result.records or schedule == "sequential"
 
 
 def test_fixtures_present_or_skipped():
     if not fixture_dumps():
-        pytest.skip("../shared/fixtures is absent (a user's clone): real-dump replays skipped")
+        pytest.skip(NO_FIXTURES)
     assert len(fixture_dumps()) >= 3

@@ -20,7 +20,10 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import NO_FIXTURES, fixture_params
 
+import mdstream._ring
+import mdstream._sinks
 from mdstream import FileSink, Ring, cli
 from mdstream.cli import main, parse_size
 from mdstream.sample import build_sample_minidump
@@ -28,9 +31,10 @@ from mdstream.sample import build_sample_minidump
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "dumps"
 FIXTURE_DUMPS = sorted(FIXTURES.glob("*.dmp")) if FIXTURES.is_dir() else []
 SCHEDULES = ["writer", "sequential", "shuffled"]
-RESULT_KEYS = {"bytes", "writes", "records", "seconds", "gbps", "output", "sha256", "size"}
+RESULT_KEYS = {"format", "status", "written_bytes", "output_size", "rewritten_bytes", "writes", "records", "seconds", "gbps",
+               "output", "sha256", "size"}
 
-needs_fixtures = pytest.mark.skipif(not FIXTURE_DUMPS, reason="../shared/fixtures/dumps is absent")
+needs_fixtures = pytest.mark.skipif(not FIXTURE_DUMPS, reason=NO_FIXTURES)
 
 
 # --------------------------------------------------------------------------
@@ -116,7 +120,7 @@ def sample_path(tmp_path_factory) -> Path:
 
 @needs_fixtures
 @pytest.mark.parametrize("schedule", SCHEDULES)
-@pytest.mark.parametrize("dump", FIXTURE_DUMPS, ids=lambda p: p.name)
+@pytest.mark.parametrize("dump", fixture_params())
 def test_replay_fixture_byte_identical(capsys, tmp_path, dump, schedule):
     out = tmp_path / "out.dmp"
     result = run_json(capsys, ["replay", str(dump), "-o", str(out), "--schedule", schedule, "--json"])
@@ -125,9 +129,12 @@ def test_replay_fixture_byte_identical(capsys, tmp_path, dump, schedule):
     assert result["sha256"] == hashlib.sha256(original).hexdigest() == sha256(out)
     assert RESULT_KEYS | {"schedule"} <= set(result)
     assert result["schedule"] == schedule
-    assert result["size"] == len(original) == result["final_size"]
-    assert result["output"] == str(out.resolve())
-    assert result["bytes"] >= len(original)
+    assert result["format"] == "mdstream-replay/1"
+    assert result["size"] == len(original) == result["output_size"]
+    assert result["output"] == str(out.resolve()) and result["source"] == os.path.abspath(dump)
+    # Every schedule covers the whole file, so what was written beyond its size was written twice.
+    assert result["written_bytes"] >= len(original)
+    assert result["rewritten_bytes"] == result["written_bytes"] - len(original)
     assert result["writes"] == result["planned_writes"] >= 1
     assert result["status"] == "ok"
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
@@ -140,10 +147,10 @@ def test_replay_fixture_byte_identical(capsys, tmp_path, dump, schedule):
 def test_replay_sample_every_schedule(capsys, tmp_path, sample_path, schedule):
     out = tmp_path / "out.dmp"
     result = run_json(capsys, ["replay", str(sample_path), "-o", str(out), "--schedule", schedule, "--chunk", "2K",
-                               "--seed", "5", "--ring-size", "64K", "--json"])
+                               "--seed", "5", "--ring-capacity", "64K", "--json"])
     assert out.read_bytes() == sample_path.read_bytes()
     assert result["sha256"] == sha256(sample_path)
-    assert result["ring_size"] == 64 * 1024 and result["chunk"] == 2048
+    assert result["ring_capacity"] == 64 * 1024 and result["chunk"] == 2048
     parsed = pypi_parse(out)
     assert parsed == pypi_parse(sample_path)
     assert len(parsed["threads"]) == 3 and len(parsed["modules"]) == 2 and len(parsed["memory"]) == 9
@@ -165,10 +172,13 @@ def test_replay_quiet_prints_nothing(capsys, tmp_path, sample_path):
     assert out.read_bytes() == sample_path.read_bytes()
 
 
-def test_replay_overwrites_existing_output(capsys, tmp_path, sample_path):
+def test_replay_refuses_an_existing_output_without_force(capsys, tmp_path, sample_path):
     out = tmp_path / "out.dmp"
     out.write_bytes(b"old contents")
-    run_json(capsys, ["replay", str(sample_path), "-o", str(out), "--json"])
+    assert main(["replay", str(sample_path), "-o", str(out)]) == 1
+    assert_one_error_line(capsys.readouterr().err, str(out), "exists; use --force to replace it")
+    assert out.read_bytes() == b"old contents" and leftovers(tmp_path) == []
+    run_json(capsys, ["replay", str(sample_path), "-o", str(out), "--json", "--force"])
     assert out.read_bytes() == sample_path.read_bytes()
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
@@ -232,8 +242,14 @@ def test_demo_json(capsys, tmp_path):
     result = run_json(capsys, ["demo", "--json", "-o", str(tmp_path / "d.dmp")])
     assert result["identical"] is True
     assert result["sha256"] == result["expected_sha256"] == hashlib.sha256(build_sample_minidump(0)).hexdigest()
-    assert result["kib_writes"] > 100  # 1 KiB memory chunks, as DbgHelp writes them
-    assert result["backward_writes"] > 0
+    sizes = result["write_sizes"]
+    assert sizes["1024"] > 100  # 1 KiB memory chunks, as DbgHelp writes them
+    assert sum(sizes.values()) == result["writes"]  # the breakdown adds up
+    assert result["seeks_back"] > 0
+    # The header and directory are written twice (placeholders, then the real values).
+    assert result["written_bytes"] == result["output_size"] + result["rewritten_bytes"]
+    assert result["output_size"] == result["sample_size"] and result["rewritten_bytes"] > 0
+    assert result["format"] == "mdstream-demo/1"
     assert result["streams"][:3] == ["ThreadListStream", "ModuleListStream", "MemoryListStream"]
     assert RESULT_KEYS <= set(result)
 
@@ -323,10 +339,10 @@ def test_drain_from_another_process(capsys, tmp_path, sample_path, ring_name):
     assert out.read_bytes() == sample_path.read_bytes()
     assert result["sha256"] == sha256(sample_path)
     assert RESULT_KEYS <= set(result) and "schedule" not in result
-    assert result["ring"] == ring_name
+    assert result["ring"] == ring_name and result["format"] == "mdstream-drain/1"
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     writes = int(stdout.split()[-1])
-    assert result["bytes"] >= sample_path.stat().st_size and writes > 100
+    assert result["written_bytes"] >= sample_path.stat().st_size and writes > 100
 
 
 def test_drain_missing_ring(capsys, tmp_path):
@@ -397,7 +413,7 @@ def test_drain_producer_dies(capsys, tmp_path, ring_name):
 
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(cli, "Ring", types.SimpleNamespace(attach=attach_then_release))
+            mp.setattr(mdstream._ring, "Ring", types.SimpleNamespace(attach=attach_then_release))
             rc = main(["drain", ring_name, "-o", str(out), "--timeout", "20"])
     finally:
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -426,7 +442,7 @@ def test_drain_timeout(capsys, tmp_path, ring_name):
 
 
 @needs_fixtures
-@pytest.mark.parametrize("dump", FIXTURE_DUMPS, ids=lambda p: p.name)
+@pytest.mark.parametrize("dump", fixture_params())
 def test_info_fixture(capsys, dump):
     from mdstream.minidump import read_info
 
@@ -613,14 +629,14 @@ class FailingFileSink(FileSink):
 @pytest.fixture
 def failing_sink(monkeypatch):
     FailingFileSink.seen = 0
-    monkeypatch.setattr(cli, "FileSink", FailingFileSink)
+    monkeypatch.setattr(mdstream._sinks, "FileSink", FailingFileSink)  # the CLI imports it when it runs
     return FailingFileSink
 
 
 def test_disk_full_leaves_nothing(capsys, tmp_path, sample_path, failing_sink, monkeypatch):
     monkeypatch.setattr(failing_sink, "error", OSError(errno.ENOSPC, "writing out.dmp: No space left on device"))
     out = tmp_path / "out.dmp"
-    assert main(["replay", str(sample_path), "-o", str(out), "--ring-size", "8K", "--schedule", "sequential",
+    assert main(["replay", str(sample_path), "-o", str(out), "--ring-capacity", "8K", "--schedule", "sequential",
                  "--chunk", "1K"]) == 1
     assert_one_error_line(capsys.readouterr().err, "No space left on device")
     assert not out.exists() and leftovers(tmp_path) == []
@@ -630,7 +646,7 @@ def test_failed_replay_keeps_the_old_file(capsys, tmp_path, sample_path, failing
     monkeypatch.setattr(failing_sink, "error", OSError(errno.EIO, "Input/output error"))
     out = tmp_path / "out.dmp"
     out.write_bytes(b"yesterday's dump")
-    assert main(["replay", str(sample_path), "-o", str(out), "--ring-size", "8K"]) == 1
+    assert main(["replay", str(sample_path), "-o", str(out), "--ring-capacity", "8K", "--force"]) == 1
     assert_one_error_line(capsys.readouterr().err, "Input/output error")
     assert out.read_bytes() == b"yesterday's dump"
     assert leftovers(tmp_path) == []
@@ -639,16 +655,16 @@ def test_failed_replay_keeps_the_old_file(capsys, tmp_path, sample_path, failing
 def test_keyboard_interrupt(capsys, tmp_path, sample_path, failing_sink, monkeypatch):
     monkeypatch.setattr(failing_sink, "error", KeyboardInterrupt())
     out = tmp_path / "out.dmp"
-    assert main(["replay", str(sample_path), "-o", str(out), "--ring-size", "8K"]) == 130
+    assert main(["replay", str(sample_path), "-o", str(out), "--ring-capacity", "8K"]) == 130
     err = capsys.readouterr().err
-    assert err.strip() == "mdstream: interrupted"
+    assert err.strip() == "mdstream: error: interrupted"
     assert not out.exists() and leftovers(tmp_path) == []
 
 
 def test_interrupted_trace_keeps_partial_trace(capsys, tmp_path, sample_path, failing_sink, monkeypatch):
     monkeypatch.setattr(failing_sink, "error", OSError(errno.ENOSPC, "No space left on device"))
     out, trace = tmp_path / "out.dmp", tmp_path / "t.mdtrace"
-    assert main(["replay", str(sample_path), "-o", str(out), "--trace", str(trace), "--ring-size", "8K"]) == 1
+    assert main(["replay", str(sample_path), "-o", str(out), "--trace", str(trace), "--ring-capacity", "8K"]) == 1
     assert_one_error_line(capsys.readouterr().err, "No space left on device", "partial trace", str(trace))
     assert not out.exists()
     assert trace.read_bytes()[:8] == b"MDTRACE1"
@@ -762,7 +778,8 @@ def test_progress_bar_draws_after_the_delay():
     bar = cli.ProgressBar(True, "replay", delay=1.0, file=stream)
     bar(Progress(1000, 1, 1, 0.5, 10_000))
     assert stream.getvalue() == ""  # quick runs print nothing
-    bar(Progress(4000, 4, 40, 1.2, 10_000))
+    bar.started -= 1.0  # the command has now run for the delay (planning included)
+    bar(Progress(4000, 4, 40, 0.1, 10_000))
     bar(Progress(10_000, 10, 100, 1.5, 10_000))
     bar.close()
     drawn = stream.getvalue()
@@ -809,3 +826,203 @@ def test_closed_output_pipe_is_quiet(tmp_path):
     err = child.stderr.read()
     assert child.wait(timeout=60) == 141
     assert err == b""
+
+
+# --------------------------------------------------------------------------
+# one set of conventions for every command (issue 13)
+# --------------------------------------------------------------------------
+
+
+def test_every_command_refuses_an_existing_output_before_any_work(capsys, tmp_path, sample_path):
+    out = tmp_path / "precious.dmp"
+    out.write_bytes(b"yesterday's dump")
+    no_ring = f"mdstream-no-such-ring-{secrets.token_hex(4)}"
+    for argv in (["replay", str(sample_path), "-o", str(out)],
+                 ["drain", no_ring, "-o", str(out)],          # refused before it even looks for the ring
+                 ["dump", "999999999", "-o", str(out)],        # and before looking for the process
+                 ["demo", "-o", str(out)],
+                 ["spill", "finish", str(tmp_path / "missing.spill"), "-o", str(out)]):
+        assert main(argv) == 1, argv
+        assert_one_error_line(capsys.readouterr().err, f"{out}: exists; use --force to replace it")
+        assert out.read_bytes() == b"yesterday's dump" and leftovers(tmp_path) == []
+    assert main(["demo", "-o", str(out), "--force", "--quiet"]) == 0
+    assert out.read_bytes() == build_sample_minidump(0)
+
+
+def test_json_errors_are_one_object_on_stdout(capsys, tmp_path):
+    missing = tmp_path / "missing.dmp"
+    assert main(["info", str(missing), "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert err == f"mdstream: error: {missing}: no such minidump\n"
+    assert json.loads(out) == {"format": "mdstream-info/1", "status": "error",
+                               "error": f"{missing}: no such minidump", "exit": 1}
+    # A usage error: the usage line and the error on stderr, the object (exit 2) on stdout.
+    assert main(["replay", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("usage: mdstream replay") and "the following arguments are required" in err
+    report = json.loads(out)
+    assert report["format"] == "mdstream-replay/1" and report["exit"] == 2 and report["status"] == "error"
+    assert main(["spill", "finish", "x.spill", "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["format"] == "mdstream-spill-finish/1"
+
+
+def test_a_damaged_dump_is_one_json_report_not_two(capsys, tmp_path, sample_path):
+    cut = tmp_path / "cut.dmp"
+    cut.write_bytes(sample_path.read_bytes()[:-1000])
+    assert main(["info", str(cut), "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 1
+    report = json.loads(out)
+    assert report["ok"] is False and report["status"] == "ok" and report["problems"]
+    assert_one_error_line(err, "damaged minidump")
+
+
+def test_json_paths_are_absolute(capsys, tmp_path, sample_path, monkeypatch):
+    (tmp_path / "in.dmp").write_bytes(sample_path.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    result = run_json(capsys, ["replay", "in.dmp", "-o", "out.dmp", "--trace", "out.mdtrace", "--json"])
+    assert result["source"] == str(tmp_path / "in.dmp") and result["output"] == str(tmp_path / "out.dmp")
+    assert result["trace"] == str(tmp_path / "out.mdtrace")
+    report = run_json(capsys, ["info", "out.dmp", "--json"])
+    assert report["path"] == str(tmp_path / "out.dmp") and report["format"] == "mdstream-info/1"
+
+
+def test_drain_with_an_empty_ring_name_is_a_usage_error(capsys, tmp_path):
+    assert main(["drain", "", "-o", str(tmp_path / "o.dmp")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("usage: mdstream drain")
+    assert err.splitlines()[-1] == "mdstream drain: error: argument RING: empty ring name"
+
+
+def test_drain_names_a_file_that_is_no_ring(capsys, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, not a ring")
+    text.chmod(0o644)  # the ring's permission check would otherwise speak first
+    assert main(["drain", str(text), "-o", str(tmp_path / "o.dmp")]) == 1
+    assert_one_error_line(capsys.readouterr().err, f"{text}: not an mdstream ring (starts with b'hello, n'")
+    short = tmp_path / "short.ring"
+    short.write_bytes(b"MDSRING1" + bytes(100))
+    short.chmod(0o600)
+    assert main(["drain", str(short), "-o", str(tmp_path / "o.dmp")]) == 1
+    assert_one_error_line(capsys.readouterr().err, "a truncated ring: 108 bytes, but its header alone is 4,096")
+
+
+def test_replay_of_a_damaged_dump_warns_like_info(capsys, tmp_path, sample_path):
+    cut = tmp_path / "cut.dmp"
+    cut.write_bytes(sample_path.read_bytes()[:-1000])
+    out = tmp_path / "out.dmp"
+    assert main(["replay", str(cut), "-o", str(out), "--json"]) == 0
+    stdout, err = capsys.readouterr()
+    result = json.loads(stdout)
+    assert result["source_problems"]
+    first = result["source_problems"][0]
+    assert err.splitlines()[0] == f"mdstream: warning: {cut} is damaged: {first}; replayed as it is"
+    assert out.read_bytes() == cut.read_bytes()
+    assert main(["info", str(cut)]) == 1  # the same file, the same verdict
+    assert first in capsys.readouterr().err
+
+
+def test_ctrl_c_after_the_output_is_in_place_says_so(capsys, tmp_path, sample_path, monkeypatch):
+    def interrupted(path, show_progress=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_sha256", interrupted)
+    out = tmp_path / "out.dmp"
+    assert main(["replay", str(sample_path), "-o", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err == f"mdstream: error: interrupted after {out} was written completely (the summary was not printed)\n"
+    assert out.read_bytes() == sample_path.read_bytes()
+
+
+def test_ctrl_c_early_never_prints_a_traceback(tmp_path):
+    """SIGINT during start-up (imports included) and early work: the one-line message, never a traceback."""
+    import signal
+    import time
+
+    delays = [0.05, 0.15, 0.25, 0.4, 0.6]
+    children = []
+    for i, delay in enumerate(delays):
+        child = subprocess.Popen([sys.executable, "-m", "mdstream", "demo", "-o", str(tmp_path / f"d{i}.dmp")],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        children.append((time.monotonic() + delay, child))
+    for when, child in children:
+        time.sleep(max(0.0, when - time.monotonic()))
+        child.send_signal(signal.SIGINT)
+    outcomes = []
+    package = str(Path(cli.__file__).parent)
+    for _, child in children:
+        _, err = child.communicate(timeout=60)
+        # Python's own start-up (site, encodings) can be interrupted before any mdstream code runs;
+        # from the first line of mdstream on, no traceback.
+        assert package not in err and "mdstream/" not in err, err
+        if err.startswith("Fatal Python error: init_import_site"):
+            continue  # interrupted inside Python's own start-up, before mdstream was imported at all
+        # Before Python's own handler exists SIGINT just ends the process; after, our message.
+        assert child.returncode in (0, 130, -signal.SIGINT), (child.returncode, err)
+        if child.returncode == 130:
+            assert err.startswith("mdstream: error: interrupted"), err
+        outcomes.append(child.returncode)
+    assert 130 in outcomes, outcomes  # at least one interruption reached the command itself
+
+
+def test_deprecated_ring_size_still_works_and_says_so(capsys, tmp_path, sample_path):
+    assert main(["replay", str(sample_path), "-o", str(tmp_path / "o.dmp"), "--ring-size", "64K", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "mdstream: warning: --ring-size is deprecated; use --ring-capacity\n"
+    result = json.loads(out)
+    assert result["ring_capacity"] == result["ring_size"] == 64 * 1024
+
+
+def test_sizes_and_counts_in_words(capsys, tmp_path):
+    assert cli.format_size(1 << 34) == "16 GiB" and cli.format_size(4096) == "4 KiB"
+    assert cli.format_size(1000) == "1,000 bytes"
+    assert main(["replay", "x.dmp", "-o", str(tmp_path / "y"), "--ring-capacity", "32G"]) == 2
+    assert "is larger than 16 GiB" in capsys.readouterr().err
+    assert cli._plural(1, "merged range") == "1 merged range" and cli._plural(2, "thread") == "2 threads"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the Linux writer")
+def test_dump_type_means_the_same_on_linux(capsys, tmp_path):
+    from mdstream.minidump import read_info
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "up"
+        out = tmp_path / "p.dmp"
+        assert main(["dump", str(child.pid), "-o", str(out), "--type", "WithFullMemory|WithHandleData"]) == 2
+        err = capsys.readouterr().err
+        assert "cannot honour MiniDumpWithHandleData" in err.splitlines()[-1] and not out.exists()
+        result = run_json(capsys, ["dump", str(child.pid), "-o", str(out), "--type", "WithFullMemory", "--json"])
+        assert result["format"] == "mdstream-dump/1" and result["system"] == "linux"
+        assert result["dump_type"] == 2 and result["dump_type_names"] == ["MiniDumpWithFullMemory"]
+        assert read_info(out).flags == 2 and result["rewritten_bytes"] == 0
+        assert main(["dump", str(child.pid), "-o", str(out), "--force"]) == 0
+        text = capsys.readouterr().out
+        assert " 1 threads" not in text and "written " in text and "output " in text
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_linux_only_options_are_errors_on_windows(capsys, tmp_path, monkeypatch):
+    from mdstream import dump as dumping
+
+    monkeypatch.setattr(dumping, "system_writer", lambda: "windows")
+    assert main(["dump", "42", "-o", str(tmp_path / "o.dmp"), "--include-environ", "--no-cmdline"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "--include-environ, --no-cmdline: Linux-only options")
+
+
+def test_progress_shows_planning_from_the_start():
+    import time
+
+    stream = io.StringIO()
+    bar = cli.ProgressBar(True, "replay", delay=0.1, file=stream)
+    with bar.phase("planning the replay of big.dmp"):
+        time.sleep(0.6)
+    assert "planning the replay of big.dmp" in stream.getvalue()
+    quick = io.StringIO()
+    bar = cli.ProgressBar(True, "replay", delay=5.0, file=quick)
+    with bar.phase("planning"):
+        pass
+    assert quick.getvalue() == ""  # quick work prints nothing

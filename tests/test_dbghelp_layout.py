@@ -462,14 +462,16 @@ def test_ctypes_routine_through_a_raw_function_pointer() -> None:
 
 
 def test_dbghelp_module_imports_without_the_extension() -> None:
-    """mdstream/dbghelp.py needs no compiled code until layout() is called."""
+    """mdstream/dbghelp.py needs no compiled code until layout() is called (every extension module is blocked)."""
     path = Path(dbghelp.__file__).resolve()
     code = f"""
 import importlib.abc, importlib.util, sys
 
+EXTENSIONS = ("mdstream._ring", "mdstream._callback", "mdstream._sinks", "mdstream._linux", "mdstream._dbghelp_layout")
+
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name == "mdstream" or name.startswith("mdstream."):
+        if name in EXTENSIONS:
             raise ImportError("blocked " + name)
         return None
 

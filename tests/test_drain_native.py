@@ -45,7 +45,7 @@ def test_native_and_python_loops_reassemble_the_same_dump(kind: str) -> None:
     both = [mdstream.MemorySink(), PythonMemory()]
     result2 = run_plan(plan, mdstream.DumpCallback(mdstream.Ring.create(None, 64 << 10)), both)
     assert both[0].tobytes() == bytes(both[1].data) == expected
-    assert result.bytes == result2.bytes == plan.total_bytes
+    assert result.written_bytes == result2.written_bytes == plan.total_bytes
 
 
 def test_drain_ready_returns_when_idle_and_at_the_end() -> None:

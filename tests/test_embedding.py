@@ -94,7 +94,7 @@ def test_native_agent_attaches_a_python_ring(agent: Path, dump: tuple[Path, byte
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert memory.tobytes() == data
-        assert result.bytes == len(data)
+        assert result.written_bytes == len(data)
         assert f"streamed {len(data)} bytes" in out
     finally:
         ring.close()

@@ -112,7 +112,8 @@ def test_fixed_bug_stays_fixed(name):
     assert fixed, f"{name} is back: {what}\n{kb.ALL[name][0]}"
 
 
-@pytest.mark.parametrize("name", OPEN)
+@pytest.mark.parametrize("name", OPEN or [pytest.param(None, id="none", marks=pytest.mark.skip(
+    reason="no open fuzz findings: every known one is fixed (FIXED above)"))])
 def test_open_bug_reproducer(name):
     """Still open (docs/reliability.md, Known gaps): expected to fail until
     fixed; once it passes, move it to FIXED here and in fuzz/known_bugs.py."""

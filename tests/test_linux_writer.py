@@ -197,7 +197,7 @@ def test_dump_parses_and_holds_threads_modules_marker(target: Target, tmp_path: 
     assert result.ok
     extra = result.extra
     assert extra["threads"] == target.threads
-    assert extra["dump_size"] == out.stat().st_size == result.final_size
+    assert extra["dump_size"] == out.stat().st_size == result.output_size
     assert 0 < extra["stopped_seconds"] < 2.0
     assert_running(target.pid)
 
@@ -387,7 +387,7 @@ def test_write_dump_into_a_ring_drained_elsewhere(target: Target, tmp_path: Path
     result = linux.write_dump(target.pid, ring, timeout=60)
     assert consumer.wait(60) == 0
     ring.close()
-    assert out.stat().st_size == result.extra["dump_size"] == result.bytes
+    assert out.stat().st_size == result.extra["dump_size"] == result.written_bytes
     assert len(parse(out).threads.threads) == target.threads
 
 

@@ -103,9 +103,31 @@ def test_gcc_m32_header_layout(tmp_path: Path) -> None:
 
 
 def test_aarch64_header_layout(tmp_path: Path) -> None:
-    """The ARM64 column (extra Pad, 912-byte CONTEXT, 992-byte input) with an AArch64 cross gcc."""
+    """The ARM64 column (extra Pad, 912-byte CONTEXT, 992-byte input) with an AArch64 cross gcc.
+
+    Freestanding: the check needs only the compiler's own stddef.h/stdint.h, so a cross gcc
+    installed without its target's libc headers compiles it too (hosted, its stdint.h would
+    #include_next the missing libc one)."""
     cc = _require("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu")
-    _assert_compiles([cc, "-std=gnu11"], tmp_path)
+    _assert_compiles([cc, "-std=gnu11", "-ffreestanding"], tmp_path)
+
+
+def test_layout_check_needs_no_libc(tmp_path: Path) -> None:
+    """What a cross compiler without its libc has: only the compiler's own headers (-nostdinc).
+    The header and the check compile freestanding with exactly those, so no layout check can
+    fail for want of a target libc."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc not installed")
+    own = subprocess.run([gcc, "-print-file-name=include"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isfile(os.path.join(own, "stdint-gcc.h")):
+        pytest.skip(f"gcc's own include directory not found ({own!r})")
+    argv = [gcc, "-std=gnu11", "-ffreestanding", "-nostdinc", "-isystem", own]
+    _assert_compiles(argv, tmp_path)
+    # The same flags do refuse a libc header: the compile really had no libc.
+    libc_only = tmp_path / "libc.c"
+    libc_only.write_text("#include <stdio.h>\n")
+    assert _compile(argv, tmp_path, libc_only).returncode != 0
 
 
 def test_host_header_layout_c_and_cxx(tmp_path: Path) -> None:

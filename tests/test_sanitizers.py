@@ -3,9 +3,10 @@ build of the extension (scripts/sanitize.sh), so CI runs it.
 
 Outside the sanitized run, ``test_suite_under_asan_and_ubsan`` builds the
 sanitized copy in build/asan (about 50 s the first time, nothing when
-unchanged; the in-place modules are never touched) and runs every test file
-against it with libasan preloaded (about 70 s): any sanitizer report or test
-failure fails this test.  Inside that run (MDSTREAM_SANITIZED=1) the other
+unchanged; the in-place modules are never touched) and runs the default tier
+(every test not marked ``extended``) against it with libasan preloaded (about
+70 s): any sanitizer report or test failure fails this test.  It is itself in
+the extended tier (tests/conftest.py).  Inside that run (MDSTREAM_SANITIZED=1) the other
 tests here check that the sanitized modules really are the ones loaded.
 
 MDSTREAM_SANITIZE_SUBSET=1 runs the documented subset instead;

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import NO_FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -50,6 +51,7 @@ def _helpers() -> types.ModuleType:
 
 
 schedules = _pure("schedules")
+plan_module = _pure("plan")
 trace = _pure("trace")
 minidump = _pure("minidump")
 helpers = _helpers()
@@ -62,7 +64,7 @@ backward_writes = schedules.backward_writes
 def fixture(name: str) -> Path:
     path = DUMPS / name
     if not path.exists():
-        pytest.skip(f"fixtures not found at {FIXTURES}")
+        pytest.skip(NO_FIXTURES)
     return path
 
 
@@ -146,7 +148,7 @@ def test_apply_equals_naive_loop(writes: list[tuple[int, int, int]]) -> None:
 
 def test_apply_windows_and_big_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Overlapping writes across several windows, and large writes on the slice path."""
-    monkeypatch.setattr(schedules, "_BATCH_BYTES", 1000)
+    monkeypatch.setattr(plan_module, "_BATCH_BYTES", 1000)
     rng = np.random.default_rng(2)
     buffer = rng.integers(0, 256, 50_000, dtype=np.uint8).tobytes()
     writes = [(int(rng.integers(0, 40_000)), int(rng.integers(0, 9000)), int(rng.integers(0, 40_000)))

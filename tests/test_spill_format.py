@@ -593,8 +593,9 @@ def test_finish_without_a_base_names_the_option(tmp_path):
 
 def test_finish_never_overwrites_unless_asked(complete_spill, sample, tmp_path):
     out = put(tmp_path / "dump.dmp", b"precious")
-    with pytest.raises(FileExistsError, match="exists; use --force"):
+    with pytest.raises(FileExistsError, match="exists; pass overwrite=True") as e:
         spill.finish(complete_spill, out)
+    assert isinstance(e.value, MdstreamError) and e.value.filename == str(out)
     assert out.read_bytes() == b"precious"
     spill.finish(complete_spill, out, overwrite=True)
     assert out.read_bytes() == sample and stat.S_IMODE(out.stat().st_mode) == 0o600
@@ -752,7 +753,9 @@ def test_cli_inspect_and_finish_in_a_subprocess(complete_spill, sample, tmp_path
 
     done = run_module("spill", "inspect", str(complete_spill), "--json")
     assert done.returncode == 0 and done.stdout.count("\n") == 1
-    assert json.loads(done.stdout) == json.loads(json.dumps(spill.inspect(complete_spill)))
+    report = json.loads(done.stdout)
+    assert report.pop("format") == "mdstream-spill-inspect/1" and report.pop("status") == "ok"
+    assert report == json.loads(json.dumps(spill.inspect(complete_spill)))
 
     out = tmp_path / "dump.dmp"
     done = run_module("spill", "finish", str(complete_spill), "-o", str(out), "--json")

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
-from conftest import pure_module
+from conftest import NO_FIXTURES, pure_module
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +24,7 @@ FIXTURES = ROOT.parent / "shared" / "fixtures"
 trace = pure_module("trace")
 schedules = pure_module("schedules")
 TraceFormatError = trace.TraceFormatError
+MdstreamError = pure_module("errors").MdstreamError
 TraceWriter = trace.TraceWriter
 read_trace = trace.read_trace
 is_trace = trace.is_trace
@@ -185,10 +186,12 @@ def write(tmp_path: Path, raw: bytes, name: str = "trace.mdtrace") -> Path:
 
 
 def test_empty_file(tmp_path: Path) -> None:
-    with pytest.raises(TraceFormatError, match=r"^trace\.mdtrace: empty file") as e:
-        read_trace(write(tmp_path, b""))
+    path = write(tmp_path, b"")
+    with pytest.raises(TraceFormatError) as e:
+        read_trace(path)
+    assert str(e.value).startswith(f"{path}: empty file")  # the path as given, not its basename
     assert e.value.record is None and e.value.byte == 0
-    assert isinstance(e.value, ValueError)
+    assert isinstance(e.value, ValueError) and isinstance(e.value, MdstreamError)
 
 
 @pytest.mark.parametrize("n", range(1, 8))
@@ -210,9 +213,10 @@ def test_record_header_cut_short(tmp_path: Path, extra: int) -> None:
     records = [(0, b"a" * 10), (5, b"bb")]
     raw = build(records) + HDR.pack(7, 3, 0)[:extra]
     at = len(build(records))
+    path = write(tmp_path, raw)
     with pytest.raises(TraceFormatError) as e:
-        read_trace(write(tmp_path, raw))
-    assert str(e.value) == (f"trace.mdtrace: record 2 at byte {at}: record header cut short "
+        read_trace(path)
+    assert str(e.value) == (f"{path}: record 2 at byte {at}: record header cut short "
                             f"(need 16 bytes, {extra} left)")
     assert e.value.record == 2 and e.value.byte == at
 
@@ -221,9 +225,10 @@ def test_data_cut_short_message(tmp_path: Path) -> None:
     records = [(i, b"x" * 7) for i in range(17)]
     body = build(records)
     raw = body + HDR.pack(0, 1024, 0) + b"y" * 300
+    path = write(tmp_path, raw)
     with pytest.raises(TraceFormatError) as e:
-        read_trace(write(tmp_path, raw))
-    assert str(e.value) == f"trace.mdtrace: record 17 at byte {len(body)}: data cut short (need 1024 bytes, 300 left)"
+        read_trace(path)
+    assert str(e.value) == f"{path}: record 17 at byte {len(body)}: data cut short (need 1024 bytes, 300 left)"
     assert e.value.record == 17 and e.value.byte == len(body)
 
 
@@ -358,7 +363,7 @@ def test_default_scanner_on_real_dump_payloads() -> None:
     """Payloads made of real dump bytes (zeros, small ints) through the default windows."""
     path = FIXTURES / "dumps" / "dbghelp-win10-x64_tiny-exe-fastfail.dmp"
     if not path.exists():
-        pytest.skip(f"fixtures not found at {FIXTURES}")
+        pytest.skip(NO_FIXTURES)
     dump = np.fromfile(path, np.uint8)
     raw, starts = synthetic_trace(200_000, 4, 16, seed=9, dump=dump)
     plan = read_trace(raw)

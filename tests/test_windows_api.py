@@ -224,13 +224,13 @@ def test_write_dump_to_a_path(fake: FakeApi, sample: tuple[Path, bytes], tmp_pat
     reports: list[mdstream.Progress] = []
     result = windows.write_dump(1234, str(out), dump_type="WithFullMemory", progress=reports.append)
     assert out.read_bytes() == sample[1]
-    assert result.ok and result.bytes >= len(sample[1]) and result.writes == len(fake.plan.offsets)
+    assert result.ok and result.written_bytes >= len(sample[1]) and result.writes == len(fake.plan.offsets)
     assert result.extra["pid"] == 1234 and result.extra["dump_type"] == MinidumpType.MiniDumpWithFullMemory
     assert fake.opened == [(1234, windows.PROCESS_DUMP_ACCESS)] and fake.closed == [0x4000 + 1234]
     (call,) = fake.calls
     assert call["process"] == 0x4000 + 1234 and call["pid"] == 1234
     assert call["thread"].startswith("mdstream-MiniDumpWriteDump")
-    assert reports and reports[-1].bytes == result.bytes
+    assert reports and reports[-1].bytes == result.written_bytes
 
 
 def test_write_dump_to_sinks(fake: FakeApi, sample: tuple[Path, bytes]) -> None:
@@ -336,7 +336,7 @@ def test_write_dump_into_a_ring_drained_elsewhere(fake: FakeApi, sample: tuple[P
     result = windows.write_dump(1234, ring)
     t.join()
     assert memory.tobytes() == sample[1]
-    assert result.writes == len(fake.plan.offsets) and result.final_size == len(sample[1])
+    assert result.writes == len(fake.plan.offsets) and result.output_size == len(sample[1])
     consumer.close()
     ring.close()
 

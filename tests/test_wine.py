@@ -534,7 +534,7 @@ def test_wine_full_memory_dump_streams_byte_identical(wine: Wine, shm_ring: Any,
             assert x == y
             if not x:
                 break
-    assert result.bytes == report["bytes"]
+    assert result.written_bytes == report["bytes"]
 
     with _parser_that_skips_wine_streams() as MinidumpFile:
         md = MinidumpFile.parse(str(out_dump))
