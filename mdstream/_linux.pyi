@@ -1,4 +1,4 @@
-from typing import Any
+from typing import Any, Sequence
 
 STATUS_NAMES: dict[int, str]
 
@@ -15,8 +15,13 @@ class Snapshot:
         ip_context: int = ...,
         stop_timeout: float = ...,
         exception: tuple[int, ...] | None = ...,
+        crash_context: tuple[int, bytes | None, bytes | None, bytes | None] | None = ...,
+        attached: bool = ...,
+        user_streams: Sequence[tuple[int, bytes]] = ...,
         _fault: int = ...,
     ) -> Snapshot: ...
+    @property
+    def threads(self) -> list[dict[str, Any]]: ...
     @property
     def figures(self) -> dict[str, Any]: ...
     @property
