@@ -409,3 +409,163 @@ cdef class Snapshot:
     def meta_bytes(self):
         """The laid-out metadata (header, directory, streams) as bytes: for tests."""
         return bytes((<char *>self.layout.meta)[:self.layout.meta_size])
+
+
+# ---- the ptrace supervisor of `mdstream run` ------------------------------------
+
+cdef extern from "supervise.h" nogil:
+    ctypedef struct mdl_supervisor:
+        pass
+
+    ctypedef struct mdl_sup_options:
+        const char *path
+        char *const *argv
+        int follow_forks
+        uint64_t reset_signals
+        uint64_t exit_stop_timeout_ns
+
+    ctypedef struct mdl_sup_fault:
+        uint32_t tid
+        int signo
+        int code
+        int sender_pid
+        uint32_t sender_uid
+        uint64_t address
+        uint8_t siginfo[128]
+        int have_regs
+        int have_fpregs
+        uint64_t regs[27]
+        uint8_t fpregs[512]
+
+    enum:
+        MDL_SUP_CRASH
+        MDL_SUP_DONE
+
+    ctypedef struct mdl_sup_event:
+        int kind
+        uint32_t pid
+        int death_signal
+        int have_fault
+        mdl_sup_fault fault
+        uint32_t held
+        uint32_t missing
+        int status
+
+    int mdl_sup_start(const mdl_sup_options *options, mdl_supervisor **out, uint32_t *child, mdl_error *err)
+    int mdl_sup_next(mdl_supervisor *sup, mdl_sup_event *event, mdl_error *err)
+    void mdl_sup_release(mdl_supervisor *sup, uint32_t pid)
+    void mdl_sup_counts(const mdl_supervisor *sup, uint64_t *signal_stops, uint64_t *threads, uint64_t *processes)
+    void mdl_sup_free(mdl_supervisor *sup)
+
+
+from libc.stdlib cimport calloc, free
+
+
+cdef class Supervisor:
+    """Runs a program traced and reports how each traced process ends (see
+    ``supervise.h``).  Every method must be called from the thread that
+    called :meth:`start`: ptrace only accepts requests from the tracer."""
+
+    cdef mdl_supervisor *sup
+    cdef readonly int pid
+
+    def __cinit__(self):
+        self.sup = NULL
+        self.pid = 0
+
+    def __dealloc__(self):
+        if self.sup != NULL:
+            mdl_sup_free(self.sup)
+            self.sup = NULL
+
+    @staticmethod
+    def start(path, argv, *, follow_forks=False, reset_signals=(), exit_stop_timeout=2.0):
+        """Fork, trace and exec ``path`` with ``argv``; raises OSError (with
+        execve's errno) when it cannot be executed."""
+        cdef Supervisor self = Supervisor.__new__(Supervisor)
+        cdef mdl_sup_options opts
+        cdef mdl_error err
+        cdef int rc
+        cdef uint32_t child = 0
+        cdef char **cargv
+        cdef Py_ssize_t i
+        args = [a if isinstance(a, bytes) else __import__("os").fsencode(a) for a in argv]
+        bpath = path if isinstance(path, bytes) else __import__("os").fsencode(path)
+        if not args:
+            raise ValueError("no command")
+        for a in args + [bpath]:
+            if b"\0" in a:
+                raise ValueError("embedded NUL in the command")
+        memset(&opts, 0, sizeof(opts))
+        memset(&err, 0, sizeof(err))
+        cargv = <char **>calloc(len(args) + 1, sizeof(char *))
+        if cargv == NULL:
+            raise MemoryError()
+        try:
+            for i in range(len(args)):
+                cargv[i] = <char *>args[i]
+            opts.path = <const char *>bpath
+            opts.argv = cargv
+            opts.follow_forks = 1 if follow_forks else 0
+            for n in reset_signals:
+                if 0 < int(n) < 65:
+                    opts.reset_signals |= (<uint64_t>1) << (int(n) - 1)
+            opts.exit_stop_timeout_ns = <uint64_t>(max(float(exit_stop_timeout), 0.001) * 1e9)
+            with nogil:
+                rc = mdl_sup_start(&opts, &self.sup, &child, &err)
+        finally:
+            free(cargv)
+        if rc != MDL_OK:
+            message = err.message.decode("utf-8", "replace")
+            if rc == MDL_ERR_SYS and err.sys_errno:
+                raise OSError(err.sys_errno, message)
+            raise_error(rc, &err)
+        self.pid = child
+        return self
+
+    def next(self):
+        """Block until a crash or the end; returns a dict (``kind`` "crash" or "done")."""
+        cdef mdl_sup_event ev
+        cdef mdl_error err
+        cdef int rc
+        if self.sup == NULL:
+            raise ValueError("the supervisor is closed")
+        memset(&err, 0, sizeof(err))
+        with nogil:
+            rc = mdl_sup_next(self.sup, &ev, &err)
+        if rc != MDL_OK:
+            raise_error(rc, &err)
+        if ev.kind == MDL_SUP_DONE:
+            return {"kind": "done", "status": ev.status}
+        fault = None
+        if ev.have_fault:
+            fault = {
+                "tid": ev.fault.tid,
+                "signal": ev.fault.signo,
+                "code": ev.fault.code,
+                "address": ev.fault.address,
+                "sender_pid": ev.fault.sender_pid,
+                "sender_uid": ev.fault.sender_uid,
+                "siginfo": bytes((<char *>ev.fault.siginfo)[:128]),
+                "regs": bytes((<char *>ev.fault.regs)[:216]) if ev.fault.have_regs else None,
+                "fpregs": bytes((<char *>ev.fault.fpregs)[:512]) if ev.fault.have_fpregs else None,
+            }
+        return {"kind": "crash", "pid": ev.pid, "death_signal": ev.death_signal, "fault": fault,
+                "held": ev.held, "missing": ev.missing}
+
+    def release(self, pid):
+        """Let a process reported as crashing die."""
+        if self.sup != NULL:
+            mdl_sup_release(self.sup, <uint32_t>int(pid))
+
+    @property
+    def counts(self):
+        cdef uint64_t stops = 0, threads = 0, processes = 0
+        if self.sup != NULL:
+            mdl_sup_counts(self.sup, &stops, &threads, &processes)
+        return {"signal_stops": stops, "threads": threads, "processes": processes}
+
+    def close(self):
+        if self.sup != NULL:
+            mdl_sup_free(self.sup)
+            self.sup = NULL

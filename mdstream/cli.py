@@ -770,6 +770,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from mdstream import bench
     bench.add_parser(sub)
+    from mdstream import cli_crash
+    cli_crash.add_parsers(sub)
     return parser
 
 

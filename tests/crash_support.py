@@ -1,0 +1,78 @@
+"""Shared helpers of the crash capture tests (test_crash_run.py, test_crash_install.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).parent
+CRASHERS = HERE / "native" / "crashers.c"
+CLI = HERE / "crash_cli.py"
+
+sys.path.insert(0, str(HERE))
+import reports_shim  # noqa: E402
+
+load_reports = reports_shim.load_reports
+
+
+def compile_crashers(out_dir: Path) -> tuple[Path, Path]:
+    """(program, shared library) built from tests/native/crashers.c."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    program, library = out_dir / "crashers", out_dir / "libcrashers.so"
+    flags = ["-O0", "-g", "-fno-omit-frame-pointer", "-pthread", "-Wl,--build-id"]
+    subprocess.run([cc, *flags, "-o", str(program), str(CRASHERS)], check=True)
+    subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", str(library), str(CRASHERS)], check=True)
+    return program, library
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+def mdstream_run(database: Path, *command: str, options: tuple[str, ...] = (), timeout: float = 60,
+                 **kwargs: Any) -> subprocess.CompletedProcess:
+    """``mdstream run -d DATABASE OPTIONS -- COMMAND`` (with the reports shim when needed)."""
+    argv = [sys.executable, str(CLI), "run", "-d", str(database), *options, "--", *command]
+    kwargs.setdefault("capture_output", True)
+    return subprocess.run(argv, timeout=timeout, env=clean_env(), **kwargs)
+
+
+def stackwalk(tools: tuple[Path, Path], dump: str | Path, binaries: tuple[Path, ...] = (),
+              tmp: Path | None = None) -> dict[str, Any]:
+    """minidump-stackwalk --json, with dump-syms symbols of ``binaries``."""
+    walker, dump_syms = tools
+    argv = [str(walker), "--json"]
+    if binaries:
+        assert tmp is not None
+        syms = tmp / "syms"
+        for b in binaries:
+            subprocess.run([str(dump_syms), "-s", str(syms), str(b)], check=True, capture_output=True)
+        argv += ["--symbols-path", str(syms)]
+    proc = subprocess.run(argv + [str(dump)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def crashing_thread(report: dict[str, Any]) -> dict[str, Any]:
+    return report["threads"][report["crash_info"]["crashing_thread"]]
+
+
+def functions(thread: dict[str, Any]) -> list[str | None]:
+    return [f.get("function") for f in thread["frames"]]
+
+
+def parse_minidump(path: str | Path) -> Any:
+    minidumpfile = pytest.importorskip("minidump.minidumpfile")
+    return minidumpfile.MinidumpFile.parse(str(path))
