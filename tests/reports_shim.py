@@ -29,8 +29,14 @@ class Report:
         self.metadata = json.loads(self.metadata_path.read_text())
 
 
+RESERVED = frozenset({"id", "format", "state", "dump_bytes", "sha256", "mdstream_version", "upload"})
+
+
 class PendingReport:
     def __init__(self, db: "Database", metadata: dict[str, Any]) -> None:
+        if RESERVED & set(metadata):
+            raise ValueError(f"reserved keys {sorted(RESERVED & set(metadata))}")
+        json.dumps(metadata)
         self.db = db
         self.id = uuid.uuid4().hex
         self.metadata = dict(metadata)
@@ -39,7 +45,12 @@ class PendingReport:
     def publish(self, **more: Any) -> Report:
         data = self.dump_path.read_bytes()
         meta = dict(self.metadata, **more)
-        meta.update(id=self.id, dump_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), state="new")
+        if RESERVED & set(more):
+            raise ValueError(f"reserved keys {sorted(RESERVED & set(more))}")
+        import mdstream
+
+        meta.update(id=self.id, dump_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), state="pending",
+                    mdstream_version=mdstream.__version__)
         temp = self.db.directory / f".{self.id}.json.tmp"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -84,16 +95,18 @@ def install_if_missing() -> None:
 
 
 def load_reports(directory: Any) -> list[dict[str, Any]]:
-    """Every published report's metadata, with ``dump_path`` (works with the shim and the real database)."""
+    """Every published report's metadata, with ``dump_path`` (the real database's, or the shim's)."""
+    if not Path(directory).is_dir():
+        return []
+    try:
+        from mdstream import reports  # type: ignore[attr-defined]
+    except ImportError:
+        reports = None
+    if reports is not None and getattr(reports, "Database", None) is not Database:
+        return [r.to_dict() for r in reports.Database(directory).reports()]
     out = []
-    for meta_path in sorted(Path(directory).rglob("*.json")):
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(meta, dict) or "signal" not in meta:
-            continue
-        dumps = [p for p in meta_path.parent.glob(f"{meta.get('id', meta_path.stem)}*.dmp")]
-        meta["dump_path"] = str(dumps[0]) if dumps else None
+    for meta_path in sorted(Path(directory).glob("*.json")):
+        meta = json.loads(meta_path.read_text())
+        meta["dump_path"] = str(meta_path.with_suffix(".dmp"))
         out.append(meta)
     return out

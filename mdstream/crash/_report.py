@@ -90,7 +90,6 @@ def write_report(
     into the metadata's ``python_tracebacks``.  The dump is discarded if
     anything fails; the exception propagates.
     """
-    from mdstream import __version__
     from mdstream.crash._tracebacks import parse_tracebacks
 
     annotations = {str(k): str(v) for k, v in dict(options.annotations).items()}
@@ -104,8 +103,7 @@ def write_report(
         "address": int(crash.address),
         "crashing_thread": int(crash.tid or pid),
         "annotations": annotations,
-        "mdstream_version": __version__,
-    }
+    }  # the database adds id, dump_bytes, sha256, mdstream_version and state
     pending = db.new_report(**metadata)
     try:
         streams: list[tuple[int, bytes]] = []
