@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["add_parsers", "cmd_run"]
+__all__ = ["add_parsers", "cmd_run", "cmd_watch"]
 
 PROG = "mdstream"
 EXIT_CANNOT_SUPERVISE = 125
@@ -77,7 +77,7 @@ def _describe_error(exc: BaseException) -> str:
 def after_report(args: argparse.Namespace, report: Any) -> None:
     """Called once a report is published: the hook where uploading (``--upload-url``,
     mdstream.reports) plugs in."""
-    if not args.json:
+    if args.command == "run" and not args.json:
         print(_describe(report), file=sys.stderr, flush=True)
 
 
@@ -140,6 +140,63 @@ def cmd_run(args: argparse.Namespace) -> int:
     return result.exit_status
 
 
+def _listener(args: argparse.Namespace) -> Any:
+    import socket
+
+    from mdstream.crash import _protocol as proto
+    from mdstream.crash.watcher import listen
+
+    if args.listen_fd is not None:
+        return socket.socket(fileno=args.listen_fd)
+    if args.socket is not None:
+        return listen(proto.socket_address(args.socket))
+    # systemd socket activation: LISTEN_PID is us, the socket is fd 3
+    if os.environ.get("LISTEN_PID") == str(os.getpid()) and int(os.environ.get("LISTEN_FDS", "0") or 0) >= 1:
+        return socket.socket(fileno=3)
+    raise ValueError("give --socket PATH (or @NAME), --listen-fd N, or start it by socket activation")
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import signal
+
+    from mdstream.crash import DumpOptions
+    from mdstream.crash._report import open_database
+    from mdstream.crash.watcher import Watcher
+
+    try:
+        database = open_database(args.database)
+    except Exception as exc:
+        where = args.database if args.database is not None else "the default crash database"
+        print(f"{PROG}: error: cannot open {where}: {_describe_error(exc)}", file=sys.stderr)
+        return 1
+    try:
+        listener = _listener(args)
+    except (OSError, ValueError) as exc:
+        print(f"{PROG}: error: watch: {_describe_error(exc)}", file=sys.stderr)
+        return 1 if not isinstance(exc, ValueError) else 2
+    options = DumpOptions(full=args.full, include_environ=args.include_environ, include_cmdline=not args.no_cmdline,
+                          sanitize_stacks=args.sanitize_stacks, annotations=dict(args.annotate))
+    path = listener.getsockname() if args.socket is not None and not args.socket.startswith("@") else None
+    log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    watcher = Watcher(database, listener, options=options, allowed_uids=args.allow_uid or None,
+                      exit_when_idle=args.exit_when_idle, log=log, json_lines=args.json,
+                      on_report=lambda report: after_report(args, report))
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: watcher.stop())
+    if not args.quiet and not args.json:
+        print(f"{PROG} watch: serving crash reports (pid {os.getpid()})", file=sys.stderr, flush=True)
+    try:
+        watcher.serve()
+    finally:
+        listener.close()
+        if path:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    return 0
+
+
 def add_parsers(sub: Any, epilog: str = "") -> None:
     """Register ``run`` (and ``watch``) on the ``mdstream`` command's sub-parsers."""
     p = sub.add_parser(
@@ -162,3 +219,29 @@ def add_parsers(sub: Any, epilog: str = "") -> None:
                    help="print one JSON line when CMD has ended: its exit status and the reports written")
     p.add_argument("program", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "watch", help="write crash reports for processes that called mdstream.crash.install()",
+        description="Serve the processes that connect to the watcher's Unix socket (mdstream.crash.install() "
+                    "starts one by itself; this runs one under a service manager): when one of them crashes, its "
+                    "signal handler hands the crash context and the Python tracebacks over, and the watcher "
+                    "snapshots it with ptrace and writes the report into the crash database.  Only processes of "
+                    "the watcher's own user are served (--allow-uid adds others).  SIGTERM, SIGINT and SIGHUP end "
+                    "it after the reports in progress.",
+        epilog="exit status: 0 stopped by a signal or idle; 1 cannot open the database or the socket; 2 usage error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", "--database", metavar="DIR", default=None,
+                   help="the crash database (default: the user's data directory)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--socket", metavar="PATH",
+                       help="listen on this Unix socket path (created 0600; a stale socket of ours is replaced), "
+                            "or @NAME for an abstract socket")
+    where.add_argument("--listen-fd", type=int, metavar="N", help="serve an inherited listening socket")
+    _privacy_options(p)
+    p.add_argument("--allow-uid", type=int, action="append", default=[], metavar="UID",
+                   help="also serve processes of this user (repeatable; default: only the watcher's own)")
+    p.add_argument("--exit-when-idle", type=float, default=None, metavar="S",
+                   help="exit after S seconds without any connected process")
+    p.add_argument("--json", action="store_true", help="one JSON line per report on stderr")
+    p.add_argument("-q", "--quiet", action="store_true", help="no log lines")
+    p.set_defaults(func=cmd_watch)

@@ -17,16 +17,22 @@ from __future__ import annotations
 from mdstream.crash._report import ANNOTATIONS_STREAM, PYTHON_TRACEBACKS_STREAM, DumpOptions
 from mdstream.crash._signals import FATAL_SIGNALS, code_name, crash_reason, signal_name
 from mdstream.crash._tracebacks import parse_tracebacks
+from mdstream.crash._install import CrashHandler, CrashHandlerError, WatcherUnavailableError, install, installed
 from mdstream.crash.supervisor import RunResult, run
 
 __all__ = [
     "ANNOTATIONS_STREAM",
+    "CrashHandler",
+    "CrashHandlerError",
     "DumpOptions",
     "FATAL_SIGNALS",
     "PYTHON_TRACEBACKS_STREAM",
     "RunResult",
+    "WatcherUnavailableError",
     "code_name",
     "crash_reason",
+    "install",
+    "installed",
     "parse_tracebacks",
     "run",
     "signal_name",
