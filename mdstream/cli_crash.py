@@ -74,11 +74,41 @@ def _describe_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _upload_options(p: argparse.ArgumentParser) -> None:
+    from mdstream.reports import PROTOCOLS
+
+    p.add_argument("--upload-url", metavar="URL",
+                   help="send each report to this collector as soon as it is written (in a background process; "
+                        "a report that could not be sent stays pending for 'mdstream upload')")
+    p.add_argument("--upload-protocol", choices=PROTOCOLS, default=None,
+                   help="the collector's protocol (default: breakpad)")
+
+
+def _check_upload(args: argparse.Namespace) -> str | None:
+    """The upload options' problem, if any (checked before anything runs)."""
+    if not getattr(args, "upload_url", None):
+        return None
+    from mdstream import reports
+
+    try:
+        reports.Uploader(url=args.upload_url, protocol=args.upload_protocol).close()
+    except reports.UploadError as exc:
+        return str(exc)
+    return None
+
+
 def after_report(args: argparse.Namespace, report: Any) -> None:
-    """Called once a report is published: the hook where uploading (``--upload-url``,
-    mdstream.reports) plugs in."""
+    """Called once a report is published: says so (``run``) and uploads it with ``--upload-url``."""
     if args.command == "run" and not args.json:
         print(_describe(report), file=sys.stderr, flush=True)
+    if getattr(args, "upload_url", None):
+        from mdstream import reports
+
+        try:  # its own process: it outlives this one, and the URL stays off its command line
+            reports.upload_in_background(report, process=True, url=args.upload_url, protocol=args.upload_protocol)
+        except Exception as exc:
+            print(f"{PROG}: report {getattr(report, 'id', '?')} stays pending: cannot start its upload: {exc}",
+                  file=sys.stderr, flush=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -100,6 +130,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from mdstream.crash._report import open_database
 
+    problem = _check_upload(args)
+    if problem:
+        print(f"{PROG}: error: run: {problem}", file=sys.stderr)
+        return 2
     try:
         database = open_database(args.database)
     except Exception as exc:
@@ -163,6 +197,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from mdstream.crash._report import open_database
     from mdstream.crash.watcher import Watcher
 
+    problem = _check_upload(args)
+    if problem:
+        print(f"{PROG}: error: watch: {problem}", file=sys.stderr)
+        return 2
     try:
         database = open_database(args.database)
     except Exception as exc:
@@ -213,6 +251,7 @@ def add_parsers(sub: Any, epilog: str = "") -> None:
     p.add_argument("-d", "--database", metavar="DIR", default=None,
                    help="the crash database (default: the user's data directory)")
     _privacy_options(p)
+    _upload_options(p)
     p.add_argument("--follow-forks", action="store_true",
                    help="also supervise the processes CMD forks (and wait for them)")
     p.add_argument("--json", action="store_true",
@@ -240,6 +279,7 @@ def add_parsers(sub: Any, epilog: str = "") -> None:
     _privacy_options(p)
     p.add_argument("--allow-uid", type=int, action="append", default=[], metavar="UID",
                    help="also serve processes of this user (repeatable; default: only the watcher's own)")
+    _upload_options(p)
     p.add_argument("--exit-when-idle", type=float, default=None, metavar="S",
                    help="exit after S seconds without any connected process")
     p.add_argument("--json", action="store_true", help="one JSON line per report on stderr")

@@ -14,12 +14,17 @@ import pytest
 
 HERE = Path(__file__).parent
 CRASHERS = HERE / "native" / "crashers.c"
-CLI = HERE / "crash_cli.py"
+#: ``mdstream`` as a command
+CLI = ["-m", "mdstream"]
 
-sys.path.insert(0, str(HERE))
-import reports_shim  # noqa: E402
 
-load_reports = reports_shim.load_reports
+def load_reports(directory: Path) -> list[dict[str, Any]]:
+    """Every published report of the crash database at ``directory`` (its ``to_dict()``), oldest first."""
+    from mdstream import reports
+
+    if not Path(directory).is_dir():
+        return []
+    return [r.to_dict() for r in reversed(reports.Database(directory).reports())]
 
 
 def compile_crashers(out_dir: Path) -> tuple[Path, Path]:
@@ -43,8 +48,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def mdstream_run(database: Path, *command: str, options: tuple[str, ...] = (), timeout: float = 60,
                  **kwargs: Any) -> subprocess.CompletedProcess:
-    """``mdstream run -d DATABASE OPTIONS -- COMMAND`` (with the reports shim when needed)."""
-    argv = [sys.executable, str(CLI), "run", "-d", str(database), *options, "--", *command]
+    """``mdstream run -d DATABASE OPTIONS -- COMMAND``."""
+    argv = [sys.executable, *CLI, "run", "-d", str(database), *options, "--", *command]
     kwargs.setdefault("capture_output", True)
     return subprocess.run(argv, timeout=timeout, env=clean_env(), **kwargs)
 

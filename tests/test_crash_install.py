@@ -29,7 +29,6 @@ import pytest
 
 from crash_support import (
     CLI,
-    HERE,
     clean_env,
     compile_crashers,
     crashing_thread,
@@ -48,13 +47,8 @@ pytestmark = pytest.mark.skipif(not linux.supported(), reason="the crash handler
 PYTHON_TRACEBACKS = 0x4D640001
 ANNOTATIONS = 0x4D640002
 
-PRELUDE = f"""\
+PRELUDE = """\
 import os, sys, ctypes, threading, time
-sys.path.insert(0, {str(HERE)!r})
-import reports_shim
-reports_shim.install_if_missing()
-import mdstream.crash._install as _install
-_install._WATCHER_PREFIX = [sys.executable, {str(CLI)!r}]  # the watcher with the database shim, while needed
 from mdstream import crash
 """
 
@@ -355,7 +349,7 @@ def test_forked_children_register_themselves(built, tmp_path: Path) -> None:
 def test_a_watcher_run_as_a_service(tmp_path: Path) -> None:
     db = tmp_path / "db"
     sock = tmp_path / "watch.sock"
-    watcher = subprocess.Popen([sys.executable, str(CLI), "watch", "-d", str(db), "--socket", str(sock),
+    watcher = subprocess.Popen([sys.executable, *CLI, "watch", "-d", str(db), "--socket", str(sock),
                                 "--annotate", "host=ci"], stderr=subprocess.PIPE, env=clean_env())
     try:
         deadline = time.monotonic() + 30
@@ -374,7 +368,7 @@ def test_a_watcher_run_as_a_service(tmp_path: Path) -> None:
         assert len(reports) == 2
         assert all(m["annotations"] == {"host": "ci", "app": "one"} for m in reports)
         # a second watcher on the same socket is refused, the first one keeps it
-        second = subprocess.run([sys.executable, str(CLI), "watch", "-d", str(db), "--socket", str(sock)],
+        second = subprocess.run([sys.executable, *CLI, "watch", "-d", str(db), "--socket", str(sock)],
                                 capture_output=True, timeout=30, env=clean_env())
         assert second.returncode == 1 and b"already listens" in second.stderr
     finally:

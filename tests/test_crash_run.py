@@ -54,7 +54,7 @@ def one_report(database: Path) -> dict:
 def check_metadata(meta: dict, signo: int, code_name: str | None = None) -> None:
     assert meta["signal"] == signo
     assert meta["signal_name"] == signal.Signals(signo).name
-    assert meta["state"] == "new" or meta.get("state")
+    assert meta["state"] == "pending" and meta["format"] == "mdstream-crash-report/1"
     assert meta["dump_bytes"] == os.path.getsize(meta["dump_path"])
     assert oct(os.stat(meta["dump_path"]).st_mode & 0o777) == "0o600"
     assert meta["mdstream_version"]
@@ -125,7 +125,7 @@ def test_command_not_found_or_not_executable(tmp_path: Path) -> None:
     script.write_text("#!/bin/sh\nexit 0\n")
     proc = mdstream_run(db, str(script))
     assert proc.returncode == 126 and "ermission denied" in proc.stderr.decode()
-    proc = subprocess.run([sys.executable, str(CLI), "run", "-d", str(db)], capture_output=True, env=clean_env())
+    proc = subprocess.run([sys.executable, *CLI, "run", "-d", str(db)], capture_output=True, env=clean_env())
     assert proc.returncode == 2 and b"no command" in proc.stderr
 
 
@@ -215,7 +215,7 @@ def test_follow_forks_and_exec(crashers: Path, tmp_path: Path) -> None:
 
 
 def start_waiting(crashers: Path, db: Path) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, str(CLI), "run", "-d", str(db), "--", str(crashers), "wait"],
+    proc = subprocess.Popen([sys.executable, *CLI, "run", "-d", str(db), "--", str(crashers), "wait"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(),
                             start_new_session=True)
     assert proc.stdout is not None

@@ -25,10 +25,6 @@ from mdstream.crash import _protocol as proto
 
 __all__ = ["CrashHandler", "CrashHandlerError", "WatcherUnavailableError", "install", "installed"]
 
-#: How the watcher is started: ``[python, -m, mdstream]`` + ``watch ...``.
-_WATCHER_PREFIX: list[str] | None = None
-
-
 class CrashHandlerError(errors.MdstreamError, RuntimeError):
     """The crash handler could not be installed."""
 
@@ -137,7 +133,7 @@ def _unhook_threads() -> None:
 
 
 def _watcher_command(database: Any, options: dict[str, Any]) -> list[str]:
-    argv = list(_WATCHER_PREFIX or [sys.executable, "-m", "mdstream"])
+    argv = [sys.executable, "-m", "mdstream"]
     argv += ["watch", "--listen-fd", "{fd}", "--exit-when-idle", "2", "--quiet"]
     if database is not None:
         argv += ["-d", os.fspath(database)]

@@ -5,14 +5,13 @@ database's pending report, and publish it with its metadata.  Shared by the
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from mdstream import linux
+from mdstream import linux, reports
 from mdstream.crash._signals import fault_address, signal_name
 
 __all__ = ["DumpOptions", "PYTHON_TRACEBACKS_STREAM", "ANNOTATIONS_STREAM", "open_database", "write_report",
@@ -42,11 +41,8 @@ class DumpOptions:
                 "include_cmdline": self.include_cmdline, "sanitize_stacks": self.sanitize_stacks}
 
 
-def open_database(database: Any = None) -> Any:
+def open_database(database: Any = None) -> reports.Database:
     """A :class:`mdstream.reports.Database` (``database`` is one already, a directory, or None: the default)."""
-    import importlib
-
-    reports = importlib.import_module("mdstream.reports")  # the crash database (issue 15, part 3)
     if isinstance(database, reports.Database):
         return database
     return reports.Database(database)
@@ -68,12 +64,8 @@ def _executable(pid: int) -> str | None:
         return None
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def write_report(
-    db: Any,
+    db: reports.Database,
     pid: int,
     crash: linux.CrashContext,
     options: DumpOptions,
@@ -81,7 +73,7 @@ def write_report(
     attached: bool = False,
     traceback_text: bytes | None = None,
     crash_time: str | None = None,
-) -> Any:
+) -> reports.Report:
     """Write one report of process ``pid`` crashed with ``crash``; returns the published report.
 
     ``traceback_text``: the Python tracebacks of every thread as
@@ -94,7 +86,7 @@ def write_report(
 
     annotations = {str(k): str(v) for k, v in dict(options.annotations).items()}
     metadata: dict[str, Any] = {
-        "time": crash_time or _now(),
+        "time": crash_time or reports.format_time(),
         "pid": int(pid),
         "executable": _executable(pid),
         "signal": int(crash.signal),
