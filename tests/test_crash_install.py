@@ -111,6 +111,9 @@ def test_python_null_read_report_with_tracebacks(tmp_path: Path, rust_minidump) 
     text = stream(meta["dump_path"], PYTHON_TRACEBACKS)
     assert text is not None and b"Current thread 0x" in text and b'line ' in text and b"in inner" in text
     assert stream(meta["dump_path"], ANNOTATIONS) == b'{"service": "demo"}'
+    info_text = subprocess.run([sys.executable, *CLI, "info", meta["dump_path"]], capture_output=True, text=True,
+                               env=clean_env()).stdout
+    assert "MdstreamPythonTracebacks" in info_text and "MdstreamAnnotations" in info_text
     report = stackwalk(rust_minidump, meta["dump_path"])
     info = report["crash_info"]
     assert info["type"] == "SIGSEGV / SEGV_MAPERR"
@@ -184,6 +187,33 @@ def test_a_dead_watcher_does_not_keep_the_process(tmp_path: Path) -> None:
     err = proc.stderr.decode()
     assert "mdstream: the crash watcher" in err and "no crash report; the process dies as it would have" in err
     assert load_reports(db) == []
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="pokes at CPython 3.11's frame layout")
+def test_a_corrupted_interpreter_still_gives_a_report(tmp_path: Path, rust_minidump) -> None:
+    """The traceback dumper faults on a frame whose code pointer is garbage:
+    the handler catches its own fault, and the report is still written (with
+    the tracebacks written so far, marked incomplete)."""
+    db = tmp_path / "db"
+    proc = run_program(tmp_path, f"""
+        handler = crash.install({str(db)!r})
+        ready = threading.Event()
+        def parked():
+            ready.set()
+            time.sleep(3600)
+        t = threading.Thread(target=parked, daemon=True); t.start(); ready.wait(); time.sleep(0.1)
+        frame = sys._current_frames()[t.ident]
+        interpreter_frame = ctypes.c_void_p.from_address(id(frame) + 24).value   # PyFrameObject.f_frame
+        ctypes.c_void_p.from_address(interpreter_frame + 32).value = 0x10         # _PyInterpreterFrame.f_code
+        ctypes.string_at(0)
+    """)
+    assert proc.returncode == -signal.SIGSEGV, proc.stderr
+    meta = one_report(db)
+    assert meta["annotations"]["mdstream.python_tracebacks"].startswith("incomplete")
+    assert meta["address"] == 0 and meta["crashing_thread"] == meta["pid"]
+    info = stackwalk(rust_minidump, meta["dump_path"])["crash_info"]
+    assert info["type"] == "SIGSEGV / SEGV_MAPERR"  # the crash, not the dumper's fault
+    assert [int(a["address"], 16) for a in info["memory_accesses"]] == [0]
 
 
 def test_handled_segv_after_install_is_not_reported(built, tmp_path: Path) -> None:

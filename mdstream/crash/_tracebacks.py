@@ -20,8 +20,9 @@ def parse_tracebacks(text: bytes | str, threads: Iterable[Mapping[str, Any]] = (
     ``thread_id`` is Python's thread identifier (the ``pthread_t``); ``tid``
     the kernel thread id it belongs to, found in ``threads`` (the snapshot's
     thread list: on x86-64 glibc a ``pthread_t`` is the thread's ``fs_base``),
-    or None.  Lines that are not frames (``<no Python frame>``, ``...`` for a
-    truncated stack, a traceback cut short) go into ``notes``.
+    or None.  Lines of a thread that are not frames (``<no Python frame>``,
+    ``...`` for a truncated stack, a traceback cut short) go into ``notes``;
+    lines before the first thread are ignored.
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8", "backslashreplace")
@@ -47,6 +48,8 @@ def parse_tracebacks(text: bytes | str, threads: Iterable[Mapping[str, Any]] = (
             continue
         frame = _FRAME.match(line)
         if current is None:
+            if not frame:
+                continue  # a preamble ("Fatal Python error: ...") belongs to no thread
             current = {"thread_id": None, "tid": None, "current": False, "name": None, "frames": [], "notes": []}
             out.append(current)
         if frame:

@@ -352,11 +352,12 @@ class Watcher:
             reason = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
         finally:
             rid = str(getattr(report, "id", "") or "")
+            with self._lock:
+                self.served += 1
             self._send(client, proto.pack_ack(proto.ACK_MAGIC, 0 if report is not None else 1, os.getpid(), rid,
                                               reason))
             with self._lock:
                 self._pending -= 1
-                self.served += 1
             self._finished.put(client)
             try:
                 os.write(self._stop_w, b"d")
