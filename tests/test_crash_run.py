@@ -274,3 +274,42 @@ def test_a_crash_whose_report_cannot_be_written_still_dies(crashers: Path, tmp_p
     assert proc.stderr is not None
     err = proc.stderr.read().decode()
     assert f"process {child} crashed, but its report could not be written" in err
+
+
+@pytest.mark.extended
+def test_upload_url_sends_each_report(crashers: Path, tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    received: list[bytes] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            body = b"CrashID=bp-6fa8a7b0-0000-4000-8000-000000000015\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        db = tmp_path / "db"
+        url = f"http://127.0.0.1:{server.server_address[1]}/submit"
+        bad = mdstream_run(db, str(crashers), "segv", options=("--upload-url", "ftp://nowhere"))
+        assert bad.returncode == 2 and load_reports(db) == []  # refused before the program runs
+        assert mdstream_run(db, str(crashers), "segv", options=("--upload-url", url)).returncode == 139
+        deadline = time.monotonic() + 60
+        while not (load_reports(db) and load_reports(db)[0]["state"] == "uploaded"):
+            assert time.monotonic() < deadline, load_reports(db)
+            time.sleep(0.1)
+        meta = load_reports(db)[0]
+        assert meta["upload"]["server_crash_id"] == "bp-6fa8a7b0-0000-4000-8000-000000000015"
+        assert len(received) == 1 and b"upload_file_minidump" in received[0] and b"MDMP" in received[0]
+    finally:
+        server.shutdown()
