@@ -164,12 +164,15 @@ def _spawn_watcher(database: Any, options: dict[str, Any]) -> tuple[bytes, subpr
     return address, process
 
 
-def _connect(address: bytes | str, expect_peer: int | None) -> tuple[socket.socket, int]:
+def _connect(address: bytes | str, expect_peer: int | None, *, wait: bool = True) -> tuple[socket.socket, int]:
     """A connection to the watcher's socket; returns it and the socket's SO_PEERCRED pid (the
-    process that created the listening socket), which must be ``expect_peer`` when given."""
+    process that created the listening socket), which must be ``expect_peer`` when given.
+    ``wait=False``: fail at once (BlockingIOError) when the watcher's backlog is full."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
+        sock.setblocking(wait)
         sock.connect(address)
+        sock.setblocking(True)
         pid, uid, _ = proto.peer_credentials(sock)
     except OSError as exc:
         sock.close()
@@ -243,10 +246,12 @@ def _after_fork_in_child() -> None:
     memfd = -1
     try:
         memfd = _memfd(handler.python_tracebacks)
-        sock, _ = _connect(handler.address, handler.peer_pid)
+        # never wait here (a fork-heavy program would wait for the watcher at every fork):
+        # when the watcher's backlog is full, the handler registers at the crash instead
+        sock, _ = _connect(handler.address, handler.peer_pid, wait=False)
         _register(sock, json.dumps(handler.annotations, sort_keys=True).encode(), memfd)
     except (OSError, CrashHandlerError):
-        native.set_connection(-1, memfd)  # try again at the crash
+        native.set_connection(-1, memfd)  # register at the crash
         return
     native.set_connection(sock.detach(), memfd)
     handler._process = None  # the parent owns the watcher it started

@@ -24,10 +24,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/user.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -489,6 +491,25 @@ static sup_thread *new_task(mdl_supervisor *s, pid_t tid, pid_t tgid_hint) {
     return t;
 }
 
+/* At a clone event: 1 if the parent's clone()/clone3() asked for CLONE_THREAD,
+ * 0 if not, -1 if that cannot be told (then /proc says).  Cheaper than
+ * reading /proc for every thread a thread-heavy program starts. */
+static int clone_makes_thread(pid_t parent) {
+    struct user_regs_struct regs;
+    uint64_t flags = 0;
+    if (ptrace(PTRACE_GETREGS, parent, NULL, &regs) != 0) return -1;
+    if (regs.orig_rax == SYS_clone) {
+        flags = regs.rdi;
+    } else if (regs.orig_rax == 435 /* SYS_clone3 */) {
+        struct iovec local = {&flags, sizeof flags};
+        struct iovec remote = {(void *)(uintptr_t)regs.rdi, sizeof flags}; /* clone_args.flags comes first */
+        if (process_vm_readv(parent, &local, 1, &remote, 1, 0) != (ssize_t)sizeof flags) return -1;
+    } else {
+        return -1;
+    }
+    return (flags & CLONE_THREAD) ? 1 : 0;
+}
+
 static void handle_stop(mdl_supervisor *s, pid_t tid, int status) {
     sup_thread *t = find_thread(s, tid);
     int sig = WSTOPSIG(status), event = (status >> 16) & 0xFF;
@@ -507,10 +528,12 @@ static void handle_stop(mdl_supervisor *s, pid_t tid, int status) {
     case PTRACE_EVENT_VFORK:
         if (ptrace(PTRACE_GETEVENTMSG, tid, NULL, &msg) == 0 && msg > 0) {
             pid_t child = (pid_t)msg;
-            if (event == PTRACE_EVENT_CLONE)
-                new_task(s, child, 0);
-            else
+            if (event == PTRACE_EVENT_CLONE) {
+                int thread = clone_makes_thread(tid);
+                new_task(s, child, thread == 1 ? t->tgid : thread == 0 ? child : 0);
+            } else {
                 new_task(s, child, child);
+            }
         }
         resume(tid, 0);
         return;
