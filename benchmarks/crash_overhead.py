@@ -10,6 +10,7 @@ it takes from a fault to the report on disk.
      after another; ``forks N`` forks and reaps N children.  Under
      ``mdstream run`` (and ``--follow-forks``).
    - Python: the same loops with ``threading.Thread`` and ``os.fork()``, plain,
+     with ``mdstream.crash`` only imported (a bigger process forks slower),
      under ``mdstream run``, and after ``install()`` (whose costs are one
      alternate signal stack per thread started, and one registration with the
      watcher per ``os.fork()``).  ``install()`` itself (it waits for the watcher
@@ -120,11 +121,14 @@ def overhead(workdir: Path, crashers: Path, rounds: int, n_threads: int, n_forks
     for name, template, n in (("threads", PY_THREADS, n_threads), ("forks", PY_FORKS, n_forks)):
         bare = workdir / f"py_{name}.py"
         bare.write_text(textwrap.dedent(template.format(setup="")))
+        imported = workdir / f"py_{name}_import.py"  # what importing mdstream (numpy) alone costs a fork
+        imported.write_text(textwrap.dedent(template.format(setup="import mdstream.crash")))
         hooked = workdir / f"py_{name}_install.py"
         hooked.write_text(textwrap.dedent(template.format(setup=INSTALL.format(db=str(db)))))
         plain = statistics.median(loop_seconds([PY, str(bare), str(n)]) for _ in range(rounds))
         supervised = statistics.median(loop_seconds(run + [PY, str(bare), str(n)]) for _ in range(rounds))
-        cases = {"run": supervised}
+        cases = {"import_only": statistics.median(loop_seconds([PY, str(imported), str(n)]) for _ in range(rounds)),
+                 "run": supervised}
         if name == "forks":
             cases["run_follow_forks"] = statistics.median(
                 loop_seconds([PY, "-m", "mdstream", "run", "-d", str(db), "--follow-forks", "--", PY, str(bare),
@@ -199,7 +203,7 @@ def fault_to_report(workdir: Path, rounds: int) -> dict[str, Any]:
                         "dump_bytes": int(statistics.median(sizes)) if sizes else None}
             print(f"fault -> report, 100 MiB, {key:16s} median {statistics.median(samples) * 1e3:7.1f} ms "
                   f"(min {min(samples) * 1e3:.1f}, max {max(samples) * 1e3:.1f}); dump "
-                  f"{(statistics.median(sizes) if sizes else 0) / 1e6:.1f} MB", flush=True)
+                  f"{(statistics.median(sizes) if sizes else 0) / 1e3:,.0f} kB", flush=True)
     return out
 
 

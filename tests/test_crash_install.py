@@ -216,6 +216,26 @@ def test_a_corrupted_interpreter_still_gives_a_report(tmp_path: Path, rust_minid
     assert [int(a["address"], 16) for a in info["memory_accesses"]] == [0]
 
 
+def test_an_ignored_signal_stays_ignored(tmp_path: Path) -> None:
+    """SIGTRAP ignored before install(): a kill -TRAP is still ignored (no report, the
+    program carries on); abort() with SIGABRT ignored still dies, with a report."""
+    db = tmp_path / "db"
+    proc = run_program(tmp_path, f"""
+        import signal
+        signal.signal(signal.SIGTRAP, signal.SIG_IGN)
+        signal.signal(signal.SIGABRT, signal.SIG_IGN)
+        crash.install({str(db)!r})
+        os.kill(os.getpid(), signal.SIGTRAP)
+        time.sleep(0.2)
+        print("still here", flush=True)
+        os.abort()
+    """)
+    assert proc.returncode == -signal.SIGABRT, proc.stderr
+    assert proc.stdout == b"still here\n"
+    (meta,) = load_reports(db)
+    assert meta["signal"] == signal.SIGABRT
+
+
 def test_handled_segv_after_install_is_not_reported(built, tmp_path: Path) -> None:
     program, library = built
     db = tmp_path / "db"

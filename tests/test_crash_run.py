@@ -242,17 +242,45 @@ def test_signals_are_forwarded_and_ctrl_c_reaches_the_child(crashers: Path, tmp_
     assert load_reports(db) == []
 
 
+def task_state(pid: int) -> str:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2]
+
+
 @pytest.mark.extended
 def test_job_control_stop_and_continue(crashers: Path, tmp_path: Path) -> None:
+    """Ctrl-Z (SIGTSTP to the foreground group) stops mdstream and the program;
+    fg (SIGCONT to the group) continues both; a SIGSTOP sent to the program
+    alone stops it until SIGCONT."""
     db = tmp_path / "db"
-    proc, child = start_waiting(crashers, db)
-    os.kill(child, signal.SIGSTOP)
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{child}/stat").read_text().split(") ")[1][0] not in "Tt" and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.kill(child, signal.SIGCONT)
-    os.kill(child, signal.SIGUSR1)
-    assert proc.wait(30) == 42
+    proc = subprocess.Popen([sys.executable, *CLI, "run", "-d", str(db), "--", str(crashers), "wait"],
+                            stdout=subprocess.PIPE, env=clean_env(), process_group=0)
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline().split()[1])
+
+    def wait_for(pid: int, states: str) -> None:
+        deadline = time.monotonic() + 10
+        while task_state(pid) not in states:
+            assert time.monotonic() < deadline, (pid, task_state(pid))
+            time.sleep(0.01)
+
+    try:
+        os.killpg(proc.pid, signal.SIGTSTP)
+        wait_for(proc.pid, "T")
+        wait_for(child, "Tt")
+        os.killpg(proc.pid, signal.SIGCONT)
+        wait_for(proc.pid, "SR")
+        wait_for(child, "SR")
+        os.kill(child, signal.SIGSTOP)
+        wait_for(child, "Tt")
+        os.kill(child, signal.SIGCONT)
+        wait_for(child, "SR")
+        os.kill(child, signal.SIGUSR1)
+        assert proc.wait(30) == 42
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @pytest.mark.extended

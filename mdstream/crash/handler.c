@@ -205,6 +205,13 @@ static void chain(int sig, siginfo_t *info, void *uc) {
         prev->sa_handler(sig);
         return;
     }
+    if (prev != NULL && !(prev->sa_flags & SA_SIGINFO) && prev->sa_handler == SIG_IGN &&
+        (info == NULL || info->si_code <= 0)) {
+        /* ignored before mdstream (restore_previous put SIG_IGN back): a
+         * signal a process sent is ignored, as it would have been (abort()
+         * then restores the default and raises again) */
+        return;
+    }
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
     sigaction(sig, &dfl, NULL);
@@ -478,6 +485,16 @@ static void handler(int sig, siginfo_t *info, void *ucv) {
         chain(sig, info, ucv); /* uninstalled, and someone still chains to us */
         errno = saved_errno;
         return;
+    }
+    if (info != NULL && info->si_code <= 0 && sig != SIGABRT) {
+        /* a signal sent by a process that the program ignored before
+         * mdstream: it would not have died of it, so it is no crash (SIGABRT
+         * is not skipped: abort() kills even when SIGABRT is ignored) */
+        int i = fatal_index(sig);
+        if (i >= 0 && !(previous[i].sa_flags & SA_SIGINFO) && previous[i].sa_handler == SIG_IGN) {
+            errno = saved_errno;
+            return;
+        }
     }
     if (__atomic_compare_exchange_n(&g_owner, &expected, tid, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
         capture(sig, info, ucv, tid);
