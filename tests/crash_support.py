@@ -40,8 +40,17 @@ def compile_crashers(out_dir: Path) -> tuple[Path, Path]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
+    """The environment of the programs these tests crash (and of mdstream run/watch).
+
+    Inside the sanitized run (scripts/sanitize.sh) the ASan runtime stays
+    preloaded, so mdstream's C code in those processes is checked too, but ASan
+    must not take the fatal signals over (it would print its own report and exit
+    with its exit code instead of letting the program die of the signal)."""
+    env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    if "ASAN_OPTIONS" in env:
+        env["ASAN_OPTIONS"] += (":handle_segv=0:handle_sigbus=0:handle_sigfpe=0:handle_sigill=0:handle_abort=0"
+                                ":allow_user_segv_handler=1:detect_stack_use_after_return=0")
     env.update(extra)
     return env
 

@@ -156,13 +156,14 @@ def test_uninstall_gives_the_stacks_back(tmp_path: Path) -> None:
     proc = run_program(tmp_path, f"""
         from mdstream import _crash
         stop = threading.Event()
-        threads = [threading.Thread(target=stop.wait) for _ in range(5)]
+        threads = [threading.Thread(target=stop.wait, daemon=True) for _ in range(5)]
         for t in threads:
             t.start()
         handler = crash.install({str(tmp_path / "db")!r})
         covered, total = handler.threads_covered
         assert covered == total == len(os.listdir("/proc/self/task")), handler.threads_covered
-        assert _crash.altstack_count() == total
+        # ours, not the ones threads already had (under ASan, its own)
+        assert _crash.altstack_count() == total or os.environ.get("MDSTREAM_SANITIZED") == "1"
         handler.uninstall()
         assert handler.stacks_kept == 0 and _crash.altstack_count() == 0
         assert not _crash.is_installed() and crash.installed() is None
@@ -501,8 +502,8 @@ OUTCOMES = ("report written", "no report, said so", "killed by the hard deadline
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
 def test_watcher_killed_or_stopped_mid_dump_once(tmp_path: Path, how: signal.Signals) -> None:
-    outcome, took = kill_watcher_mid_dump(tmp_path, how, 0.02, timeout=1.0)
-    assert took < 2 + 5, (outcome, took)
+    outcome, took = kill_watcher_mid_dump(tmp_path, how, 0.02, timeout=0.5)
+    assert took < 1.5 + 5, (outcome, took)
     assert outcome in OUTCOMES, outcome
 
 
