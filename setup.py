@@ -33,7 +33,7 @@ COMPILER_DIRECTIVES = {
 C_CORE = sorted(glob.glob("mdstream/src/*.c"))
 INCLUDE_DIRS = ["mdstream/include", "mdstream/src", numpy.get_include()]
 # Extensions that compile more C than the core (the Linux minidump writer).
-EXTRA_SOURCES = {"_linux": sorted(glob.glob("mdstream/linuxdump/*.c"))}
+EXTRA_SOURCES = {"_linux": sorted(glob.glob("mdstream/linuxdump/*.c")), "_crash": ["mdstream/crash/handler.c"]}
 EXTRA_INCLUDE_DIRS = {"_linux": ["mdstream/linuxdump"]}
 
 if sys.platform == "win32":

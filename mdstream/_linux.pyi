@@ -1,4 +1,4 @@
-from typing import Any
+from typing import Any, Sequence
 
 STATUS_NAMES: dict[int, str]
 
@@ -15,8 +15,13 @@ class Snapshot:
         ip_context: int = ...,
         stop_timeout: float = ...,
         exception: tuple[int, ...] | None = ...,
+        crash_context: tuple[int, bytes | None, bytes | None, bytes | None] | None = ...,
+        attached: bool = ...,
+        user_streams: Sequence[tuple[int, bytes]] = ...,
         _fault: int = ...,
     ) -> Snapshot: ...
+    @property
+    def threads(self) -> list[dict[str, Any]]: ...
     @property
     def figures(self) -> dict[str, Any]: ...
     @property
@@ -38,3 +43,20 @@ class Snapshot:
     @property
     def failure(self) -> dict[str, Any] | None: ...
     def meta_bytes(self) -> bytes: ...
+
+class Supervisor:
+    pid: int
+    @staticmethod
+    def start(
+        path: str | bytes,
+        argv: Sequence[str | bytes],
+        *,
+        follow_forks: bool = ...,
+        reset_signals: Sequence[int] = ...,
+        exit_stop_timeout: float = ...,
+    ) -> Supervisor: ...
+    def next(self) -> dict[str, Any]: ...
+    def release(self, pid: int) -> None: ...
+    @property
+    def counts(self) -> dict[str, int]: ...
+    def close(self) -> None: ...

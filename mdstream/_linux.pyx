@@ -5,7 +5,7 @@ MINIDUMP_CALLBACK_ROUTINE from a native thread.  Use :mod:`mdstream.linux`."""
 
 from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from mdstream._dbghelp cimport BOOL, HRESULT, PVOID, ULONG, MINIDUMP_CALLBACK_ROUTINE
 
@@ -29,6 +29,27 @@ cdef extern from "linuxdump.h" nogil:
         int sys_errno
         char message[512]
 
+    enum:
+        MDL_FAULT_REGS
+        MDL_FAULT_MCONTEXT
+        MDL_FAULT_FPREGS
+        MDL_USER_REGS_WORDS
+        MDL_MCONTEXT_GREGS
+        MDL_MAX_USER_STREAMS
+
+    ctypedef struct mdl_fault_context:
+        uint32_t tid
+        uint32_t flags
+        uint64_t regs[27]
+        uint8_t fpregs[512]
+
+    void mdl_fault_from_mcontext(mdl_fault_context *ctx, uint32_t tid, const uint64_t *gregs, const uint8_t *fxsave)
+
+    ctypedef struct mdl_user_stream:
+        uint32_t type
+        uint32_t size
+        const uint8_t *data
+
     ctypedef struct mdl_options:
         int full_memory
         int include_environ
@@ -41,6 +62,10 @@ cdef extern from "linuxdump.h" nogil:
         int exception_code
         uint64_t exception_address
         uint32_t exception_tid
+        mdl_fault_context crash
+        int attached
+        const mdl_user_stream *user_streams
+        uint32_t nuser_streams
         int fault
 
     void mdl_options_init(mdl_options *options)
@@ -62,6 +87,16 @@ cdef extern from "linuxdump.h" nogil:
 
     int mdl_snapshot_take(uint32_t pid, const mdl_options *options, mdl_snapshot **out, mdl_error *err)
     void mdl_snapshot_figures(const mdl_snapshot *snap, mdl_figures *out)
+
+    ctypedef struct mdl_thread_info:
+        uint32_t tid
+        uint64_t fs_base
+        uint64_t rip
+        uint64_t rsp
+        int crashed
+        char name[32]
+
+    int mdl_snapshot_thread(const mdl_snapshot *snap, size_t i, mdl_thread_info *out)
     void mdl_snapshot_free(mdl_snapshot *snap)
 
     ctypedef struct mdl_piece:
@@ -159,11 +194,25 @@ cdef class Snapshot:
 
     @staticmethod
     def take(pid, *, full=False, include_environ=False, include_cmdline=True, sanitize_stacks=False,
-             max_stack=64 * 1024, ip_context=256, stop_timeout=5.0, exception=None, _fault=0):
+             max_stack=64 * 1024, ip_context=256, stop_timeout=5.0, exception=None, crash_context=None,
+             attached=False, user_streams=(), _fault=0):
+        """``crash_context``: ``(tid, regs, mcontext, fpregs)``, the crashing
+        thread's registers at the fault: ``regs`` a ptrace ``user_regs_struct``
+        (216 bytes) or ``mcontext`` a signal handler's 23 gregs (184 bytes),
+        ``fpregs`` the FXSAVE image (512 bytes) or None.  ``attached=True``: the
+        calling thread already traces every thread and holds each in a
+        ptrace-stop.  ``user_streams``: ``[(type, bytes), ...]`` (types above
+        0xFFFF)."""
         cdef Snapshot self = Snapshot.__new__(Snapshot)
         cdef mdl_error err
         cdef int rc
         cdef uint32_t cpid
+        cdef mdl_user_stream streams[8]
+        cdef const uint8_t[::1] view
+        cdef const uint8_t *fx = NULL
+        cdef uint64_t gregs[23]
+        cdef Py_ssize_t k
+        keep = []
         pid = int(pid)
         if not 0 < pid < 2**31:
             raise ValueError(f"bad pid {pid!r}")
@@ -188,6 +237,50 @@ cdef class Snapshot:
             self.options.exception_code = int(code)
             self.options.exception_address = int(address) & 0xFFFFFFFFFFFFFFFF
             self.options.exception_tid = int(tid)
+        if crash_context is not None:
+            ctid, regs, mcontext, fpregs = crash_context
+            if not 0 < int(ctid) < 2**31:
+                raise ValueError(f"bad crash thread id {ctid!r}")
+            if (regs is None) == (mcontext is None):
+                raise ValueError("crash_context needs exactly one of regs (user_regs_struct) and mcontext (gregs)")
+            if fpregs is not None:
+                if len(fpregs) != 512:
+                    raise ValueError(f"fpregs must be the 512-byte FXSAVE image, not {len(fpregs)} bytes")
+                view = bytes(fpregs)
+                fx = &view[0]
+            if mcontext is not None:
+                if len(mcontext) != 8 * 23:
+                    raise ValueError(f"mcontext must be 23 gregs (184 bytes), not {len(mcontext)} bytes")
+                raw = bytes(mcontext)
+                memcpy(gregs, <const char *>raw, sizeof(gregs))
+                mdl_fault_from_mcontext(&self.options.crash, <uint32_t>int(ctid), gregs, fx)
+            else:
+                if len(regs) != 8 * 27:
+                    raise ValueError(f"regs must be a user_regs_struct (216 bytes), not {len(regs)} bytes")
+                self.options.crash.tid = <uint32_t>int(ctid)
+                self.options.crash.flags = MDL_FAULT_REGS
+                raw = bytes(regs)
+                memcpy(self.options.crash.regs, <const char *>raw, 216)
+                if fx != NULL:
+                    memcpy(self.options.crash.fpregs, fx, 512)
+                    self.options.crash.flags |= MDL_FAULT_FPREGS
+        self.options.attached = 1 if attached else 0
+        user_streams = list(user_streams or ())
+        if len(user_streams) > MDL_MAX_USER_STREAMS:
+            raise ValueError(f"at most {MDL_MAX_USER_STREAMS} user streams")
+        for k in range(len(user_streams)):
+            stype, data = user_streams[k]
+            if not 0xFFFF < int(stype) <= 0xFFFFFFFF:
+                raise ValueError(f"user stream type {stype!r} is not in the user range (0x10000..0xFFFFFFFF)")
+            data = bytes(data)
+            if len(data) > 0xFFFFFFFF:
+                raise ValueError("a user stream holds at most 4 GiB")
+            keep.append(data)
+            streams[k].type = <uint32_t>int(stype)
+            streams[k].size = <uint32_t>len(data)
+            streams[k].data = <const uint8_t *><const char *>data if len(data) else NULL
+        self.options.user_streams = streams if user_streams else NULL
+        self.options.nuser_streams = <uint32_t>len(user_streams)
         self.options.fault = int(_fault)
         cpid = <uint32_t>pid
         memset(&err, 0, sizeof(err))
@@ -197,10 +290,24 @@ cdef class Snapshot:
             raise_error(rc, &err)
         with nogil:
             rc = mdl_layout_build(self.snap, &self.options, &self.layout, &err)
+        self.options.user_streams = NULL  # copied into the layout; `keep` dies with this call
+        self.options.nuser_streams = 0
         if rc != MDL_OK:
             raise_error(rc, &err)
         self.laid_out = True
         return self
+
+    @property
+    def threads(self):
+        """``[{"tid", "name", "fs_base", "rip", "rsp", "crashed"}, ...]`` as written (fs_base is the pthread_t)."""
+        cdef mdl_thread_info info
+        cdef size_t i = 0
+        out = []
+        while mdl_snapshot_thread(self.snap, i, &info) == 0:
+            out.append({"tid": info.tid, "name": info.name.decode("utf-8", "replace"), "fs_base": info.fs_base,
+                        "rip": info.rip, "rsp": info.rsp, "crashed": bool(info.crashed)})
+            i += 1
+        return out
 
     @property
     def figures(self):
@@ -302,3 +409,163 @@ cdef class Snapshot:
     def meta_bytes(self):
         """The laid-out metadata (header, directory, streams) as bytes: for tests."""
         return bytes((<char *>self.layout.meta)[:self.layout.meta_size])
+
+
+# ---- the ptrace supervisor of `mdstream run` ------------------------------------
+
+cdef extern from "supervise.h" nogil:
+    ctypedef struct mdl_supervisor:
+        pass
+
+    ctypedef struct mdl_sup_options:
+        const char *path
+        char *const *argv
+        int follow_forks
+        uint64_t reset_signals
+        uint64_t exit_stop_timeout_ns
+
+    ctypedef struct mdl_sup_fault:
+        uint32_t tid
+        int signo
+        int code
+        int sender_pid
+        uint32_t sender_uid
+        uint64_t address
+        uint8_t siginfo[128]
+        int have_regs
+        int have_fpregs
+        uint64_t regs[27]
+        uint8_t fpregs[512]
+
+    enum:
+        MDL_SUP_CRASH
+        MDL_SUP_DONE
+
+    ctypedef struct mdl_sup_event:
+        int kind
+        uint32_t pid
+        int death_signal
+        int have_fault
+        mdl_sup_fault fault
+        uint32_t held
+        uint32_t missing
+        int status
+
+    int mdl_sup_start(const mdl_sup_options *options, mdl_supervisor **out, uint32_t *child, mdl_error *err)
+    int mdl_sup_next(mdl_supervisor *sup, mdl_sup_event *event, mdl_error *err)
+    void mdl_sup_release(mdl_supervisor *sup, uint32_t pid)
+    void mdl_sup_counts(const mdl_supervisor *sup, uint64_t *signal_stops, uint64_t *threads, uint64_t *processes)
+    void mdl_sup_free(mdl_supervisor *sup)
+
+
+from libc.stdlib cimport calloc, free
+
+
+cdef class Supervisor:
+    """Runs a program traced and reports how each traced process ends (see
+    ``supervise.h``).  Every method must be called from the thread that
+    called :meth:`start`: ptrace only accepts requests from the tracer."""
+
+    cdef mdl_supervisor *sup
+    cdef readonly int pid
+
+    def __cinit__(self):
+        self.sup = NULL
+        self.pid = 0
+
+    def __dealloc__(self):
+        if self.sup != NULL:
+            mdl_sup_free(self.sup)
+            self.sup = NULL
+
+    @staticmethod
+    def start(path, argv, *, follow_forks=False, reset_signals=(), exit_stop_timeout=2.0):
+        """Fork, trace and exec ``path`` with ``argv``; raises OSError (with
+        execve's errno) when it cannot be executed."""
+        cdef Supervisor self = Supervisor.__new__(Supervisor)
+        cdef mdl_sup_options opts
+        cdef mdl_error err
+        cdef int rc
+        cdef uint32_t child = 0
+        cdef char **cargv
+        cdef Py_ssize_t i
+        args = [a if isinstance(a, bytes) else __import__("os").fsencode(a) for a in argv]
+        bpath = path if isinstance(path, bytes) else __import__("os").fsencode(path)
+        if not args:
+            raise ValueError("no command")
+        for a in args + [bpath]:
+            if b"\0" in a:
+                raise ValueError("embedded NUL in the command")
+        memset(&opts, 0, sizeof(opts))
+        memset(&err, 0, sizeof(err))
+        cargv = <char **>calloc(len(args) + 1, sizeof(char *))
+        if cargv == NULL:
+            raise MemoryError()
+        try:
+            for i in range(len(args)):
+                cargv[i] = <char *>args[i]
+            opts.path = <const char *>bpath
+            opts.argv = cargv
+            opts.follow_forks = 1 if follow_forks else 0
+            for n in reset_signals:
+                if 0 < int(n) < 65:
+                    opts.reset_signals |= (<uint64_t>1) << (int(n) - 1)
+            opts.exit_stop_timeout_ns = <uint64_t>(max(float(exit_stop_timeout), 0.001) * 1e9)
+            with nogil:
+                rc = mdl_sup_start(&opts, &self.sup, &child, &err)
+        finally:
+            free(cargv)
+        if rc != MDL_OK:
+            message = err.message.decode("utf-8", "replace")
+            if rc == MDL_ERR_SYS and err.sys_errno:
+                raise OSError(err.sys_errno, message)
+            raise_error(rc, &err)
+        self.pid = child
+        return self
+
+    def next(self):
+        """Block until a crash or the end; returns a dict (``kind`` "crash" or "done")."""
+        cdef mdl_sup_event ev
+        cdef mdl_error err
+        cdef int rc
+        if self.sup == NULL:
+            raise ValueError("the supervisor is closed")
+        memset(&err, 0, sizeof(err))
+        with nogil:
+            rc = mdl_sup_next(self.sup, &ev, &err)
+        if rc != MDL_OK:
+            raise_error(rc, &err)
+        if ev.kind == MDL_SUP_DONE:
+            return {"kind": "done", "status": ev.status}
+        fault = None
+        if ev.have_fault:
+            fault = {
+                "tid": ev.fault.tid,
+                "signal": ev.fault.signo,
+                "code": ev.fault.code,
+                "address": ev.fault.address,
+                "sender_pid": ev.fault.sender_pid,
+                "sender_uid": ev.fault.sender_uid,
+                "siginfo": bytes((<char *>ev.fault.siginfo)[:128]),
+                "regs": bytes((<char *>ev.fault.regs)[:216]) if ev.fault.have_regs else None,
+                "fpregs": bytes((<char *>ev.fault.fpregs)[:512]) if ev.fault.have_fpregs else None,
+            }
+        return {"kind": "crash", "pid": ev.pid, "death_signal": ev.death_signal, "fault": fault,
+                "held": ev.held, "missing": ev.missing}
+
+    def release(self, pid):
+        """Let a process reported as crashing die."""
+        if self.sup != NULL:
+            mdl_sup_release(self.sup, <uint32_t>int(pid))
+
+    @property
+    def counts(self):
+        cdef uint64_t stops = 0, threads = 0, processes = 0
+        if self.sup != NULL:
+            mdl_sup_counts(self.sup, &stops, &threads, &processes)
+        return {"signal_stops": stops, "threads": threads, "processes": processes}
+
+    def close(self):
+        if self.sup != NULL:
+            mdl_sup_free(self.sup)
+            self.sup = NULL

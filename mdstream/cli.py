@@ -1027,6 +1027,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from mdstream import cli_reports  # reports list|show|prune, upload
     cli_reports.add_parsers(sub)
+    from mdstream import cli_crash  # run, watch
+    cli_crash.add_parsers(sub)
     return parser
 
 

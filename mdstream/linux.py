@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from mdstream import errors
 from mdstream.errors import (
@@ -31,6 +32,7 @@ from mdstream.errors import (
 from mdstream.pipeline import DEFAULT_RING_CAPACITY, Progress, Sink, StreamResult, drain
 
 __all__ = [
+    "CrashContext",
     "LinuxDumpError",
     "ProcessNotFoundError",
     "PtracePermissionError",
@@ -41,6 +43,59 @@ __all__ = [
     "write_dump",
     "supported",
 ]
+
+
+#: Sizes of the register images a :class:`CrashContext` carries (x86-64).
+USER_REGS_SIZE = 27 * 8
+MCONTEXT_SIZE = 23 * 8
+FXSAVE_SIZE = 512
+
+
+@dataclass(frozen=True)
+class CrashContext:
+    """The crash a dump describes, written as Breakpad's Linux writer does.
+
+    ``signal`` becomes the Exception stream's ExceptionCode, ``code`` (the
+    ``si_code``) its ExceptionFlags, ``address`` its ExceptionAddress, ``tid``
+    its ThreadId.  The crashing thread's registers *at the faulting
+    instruction* come from exactly one of ``regs`` (a ptrace ``struct
+    user_regs_struct``, 216 bytes, e.g. read at the signal-delivery-stop) or
+    ``mcontext`` (a signal handler's ``uc_mcontext.gregs``, 23 words, 184
+    bytes; fs_base, gs_base and the data segments then come from ptrace), plus
+    ``fpregs`` (the 512-byte FXSAVE image) when known.  They replace what
+    ptrace sees at snapshot time (a signal handler, ``raise()``, the exit
+    path) in the thread list and the Exception stream, and the thread's stack
+    is captured from that context's stack pointer.
+    """
+
+    signal: int
+    code: int = 0
+    address: int = 0
+    tid: int = 0
+    regs: bytes | None = None
+    mcontext: bytes | None = None
+    fpregs: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < int(self.signal) < 65:
+            raise ValueError(f"bad signal number {self.signal!r}")
+        if self.regs is not None and self.mcontext is not None:
+            raise ValueError("give the registers as regs or as mcontext, not both")
+        for name, value, size in (("regs", self.regs, USER_REGS_SIZE), ("mcontext", self.mcontext, MCONTEXT_SIZE),
+                                  ("fpregs", self.fpregs, FXSAVE_SIZE)):
+            if value is not None and len(value) != size:
+                raise ValueError(f"{name} must be {size} bytes, not {len(value)}")
+        if (self.regs is not None or self.mcontext is not None) and not 0 < int(self.tid) < 2**31:
+            raise ValueError("registers need the crashing thread's id (tid)")
+
+    @property
+    def exception(self) -> tuple[int, int, int, int]:
+        return (int(self.signal), int(self.code), int(self.address) & 0xFFFFFFFFFFFFFFFF, int(self.tid))
+
+    def snapshot_context(self) -> tuple[int, bytes | None, bytes | None, bytes | None] | None:
+        if self.regs is None and self.mcontext is None:
+            return None
+        return (int(self.tid), self.regs, self.mcontext, self.fpregs)
 
 
 def error_for(status: int, errno: int, message: str) -> BaseException:
@@ -157,12 +212,16 @@ def write_dump(
     ip_context: int = 256,
     stop_timeout: float = 5.0,
     exception: tuple[int, ...] | None = None,
+    crash: CrashContext | None = None,
+    attached: bool = False,
+    user_streams: Sequence[tuple[int, bytes]] = (),
     ring_capacity: int = DEFAULT_RING_CAPACITY,
     deadline: float | None = 30.0,
     timeout: float | None = None,
     max_write: int = 16 << 20,
     progress: Callable[[Progress], None] | None = None,
     overwrite: bool = False,
+    on_snapshot: Callable[[Any], None] | None = None,
     _fault: int = 0,
 ) -> StreamResult:
     """Write a minidump of the live process ``pid`` through the streaming callback.
@@ -183,7 +242,15 @@ def write_dump(
     same for the arguments, ``sanitize_stacks=True`` replaces every stack word
     that is not a small integer or a pointer into the stack or code with
     ``0x0defaced`` (Breakpad's rule).  ``exception=(signal, code, address[,
-    tid])`` adds an Exception stream.
+    tid])`` adds an Exception stream; ``crash=CrashContext(...)`` adds it with
+    the crashing thread's registers at the fault (see :class:`CrashContext`).
+    ``attached=True``: the calling thread already traces every thread of
+    ``pid`` and holds each in a ptrace-stop (a supervisor); the snapshot then
+    runs on the calling thread, and the threads stay traced and stopped.
+    ``user_streams=[(type, bytes), ...]`` adds streams of user types (above
+    0xFFFF) as given.  ``on_snapshot(snapshot)`` is called once the snapshot
+    is taken, before the first byte is emitted (``snapshot.threads`` lists
+    each thread's tid, name, fs_base, rip, rsp).
 
     Returns the pipeline's :class:`~mdstream.StreamResult`; ``result.extra``
     holds the snapshot's figures: ``threads``, ``modules``, ``memory_bytes``,
@@ -227,12 +294,17 @@ def write_dump(
             max_stack=max_stack,
             ip_context=ip_context,
             stop_timeout=stop_timeout,
-            exception=exception,
+            exception=crash.exception if crash is not None else exception,
+            crash_context=crash.snapshot_context() if crash is not None else None,
+            attached=attached,
+            user_streams=user_streams,
             _fault=_fault,
         )
     except PtracePermissionError as exc:
         raise _explain_refusal(pid, exc) from None
-    # The target runs again from here on.
+    # The target runs again from here on (unless attached: the caller holds it).
+    if on_snapshot is not None:
+        on_snapshot(snapshot)
     if ring is None:
         ring = Ring.create(None, ring_capacity)
     callback = DumpCallback(ring, deadline=deadline)

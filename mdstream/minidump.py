@@ -120,6 +120,9 @@ STREAM_TYPE_NAMES: dict[int, str] = {
     0x43500001: "CrashpadInfo",
     # Chromium
     0x4B6B0002: "StabilityReport",
+    # mdstream ("Md"): docs/crash-reporting.md
+    0x4D640001: "MdstreamPythonTracebacks",
+    0x4D640002: "MdstreamAnnotations",
     # Mozilla ("Mz")
     0x4D7A0001: "MozMacosCrashInfo",
     0x4D7A0002: "MozMacosBootargs",
@@ -145,7 +148,7 @@ STREAM_TYPE_NAMES: dict[int, str] = {
 
 # Streams holding text (written whole by a writer).
 _TEXT_STREAMS = {10, 11, 0x47670003, 0x47670004, 0x47670005, 0x47670006, 0x47670007,
-                 0x47670009, 0x4767000B, 0x4767000C, 0x4D7A0002, 0x4D7A0003, 0x4D7A0004}
+                 0x47670009, 0x4767000B, 0x4767000C, 0x4D7A0002, 0x4D7A0003, 0x4D7A0004, 0x4D640001, 0x4D640002}
 
 _THREAD_SIZE = 48
 _THREAD_FIELDS = (4, 4, 4, 4, 8, 8, 8, 8)  # Id, Suspend, PriorityClass, Priority, Teb, Stack.Start, Stack.Loc, Context

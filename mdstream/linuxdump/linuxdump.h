@@ -35,6 +35,39 @@ typedef struct mdl_error {
     char message[512];
 } mdl_error;
 
+/* A crashing thread's registers at the faulting instruction.  The snapshot
+ * writes them, not the registers ptrace reads at snapshot time (which show a
+ * signal handler or an exit), into the thread's CONTEXT in the ThreadList and
+ * the Exception stream; the stack is captured from this context's RSP. */
+#define MDL_FAULT_REGS 1u       /* regs: a whole struct user_regs_struct (ptrace's layout) */
+#define MDL_FAULT_MCONTEXT 2u   /* regs: only what a signal handler's mcontext holds (general registers, RIP,
+                                   RSP, EFLAGS, CS); the rest (fs_base, gs_base, orig_rax, segments) from ptrace */
+#define MDL_FAULT_FPREGS 4u     /* fpregs: the FXSAVE image */
+#define MDL_USER_REGS_WORDS 27  /* sizeof(struct user_regs_struct) / 8 on x86-64 */
+#define MDL_MCONTEXT_GREGS 23   /* NGREG of an x86-64 mcontext_t */
+
+typedef struct mdl_fault_context {
+    uint32_t tid;               /* the crashing thread; 0 = no context */
+    uint32_t flags;             /* MDL_FAULT_* */
+    uint64_t regs[MDL_USER_REGS_WORDS];  /* struct user_regs_struct order: r15, r14, ..., gs */
+    uint8_t fpregs[512];        /* FXSAVE (struct user_fpregs_struct / struct _libc_fpstate) */
+} mdl_fault_context;
+
+/* Fills ctx from a signal handler's ucontext: gregs are the 23 greg_t of
+ * uc_mcontext (REG_R8 .. REG_CR2), fxsave the 512 bytes uc_mcontext.fpregs
+ * points to (NULL when absent). */
+void mdl_fault_from_mcontext(mdl_fault_context *ctx, uint32_t tid, const uint64_t gregs[MDL_MCONTEXT_GREGS],
+                             const uint8_t *fxsave);
+
+/* An extra stream written as is (a user stream type, above 0xFFFF). */
+typedef struct mdl_user_stream {
+    uint32_t type;
+    uint32_t size;
+    const uint8_t *data;
+} mdl_user_stream;
+
+#define MDL_MAX_USER_STREAMS 8
+
 typedef struct mdl_options {
     int full_memory;            /* Memory64List of every readable private mapping */
     int include_environ;        /* LinuxEnviron stream (default 0: secrets) */
@@ -47,6 +80,12 @@ typedef struct mdl_options {
     int exception_code;         /* si_code */
     uint64_t exception_address; /* si_addr */
     uint32_t exception_tid;     /* 0: the main thread */
+    mdl_fault_context crash;    /* tid != 0: that thread's context at the fault (see above) */
+    int attached;               /* 1: the calling thread already traces every thread of the process and each
+                                   is in a ptrace-stop (a supervisor); nothing is seized, interrupted or
+                                   detached, and the snapshot runs on the calling thread */
+    const mdl_user_stream *user_streams;  /* copied while the layout is built */
+    uint32_t nuser_streams;     /* at most MDL_MAX_USER_STREAMS */
     int fault;                  /* tests only: 1 = SIGKILL the target after stopping it */
 } mdl_options;
 
@@ -73,6 +112,18 @@ typedef struct mdl_figures {
  * an error path left attached: the target is never left stopped. */
 int mdl_snapshot_take(uint32_t pid, const mdl_options *options, mdl_snapshot **out, mdl_error *err);
 void mdl_snapshot_figures(const mdl_snapshot *snap, mdl_figures *out);
+
+/* One captured thread, for callers that map thread identities (a pthread_t is
+ * the thread's fs_base on x86-64 glibc). */
+typedef struct mdl_thread_info {
+    uint32_t tid;
+    uint64_t fs_base, rip, rsp;
+    int crashed;                /* its context is the fault context */
+    char name[32];
+} mdl_thread_info;
+
+/* 0 and *out filled for i < threads, -1 otherwise. */
+int mdl_snapshot_thread(const mdl_snapshot *snap, size_t i, mdl_thread_info *out);
 void mdl_snapshot_free(mdl_snapshot *snap);
 
 /* The laid-out file: pieces in increasing, contiguous offsets. */

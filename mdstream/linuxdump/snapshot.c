@@ -48,6 +48,28 @@ void mdl_options_init(mdl_options *o) {
     o->stop_timeout_ns = 5000000000ull;
 }
 
+/* user_regs_struct word for each of the mcontext's gregs REG_R8 .. REG_RIP,
+ * REG_EFL (17), REG_CSGSFS (18: CS in the low 16 bits); -1: not copied. */
+static const int mcontext_to_user_regs[MDL_MCONTEXT_GREGS] = {
+    9 /* r8 */, 8 /* r9 */, 7 /* r10 */, 6 /* r11 */, 3 /* r12 */, 2 /* r13 */, 1 /* r14 */, 0 /* r15 */,
+    14 /* rdi */, 13 /* rsi */, 4 /* rbp */, 5 /* rbx */, 12 /* rdx */, 10 /* rax */, 11 /* rcx */,
+    19 /* rsp */, 16 /* rip */, 18 /* eflags */, 17 /* cs (from CSGSFS) */, -1, -1, -1, -1};
+
+void mdl_fault_from_mcontext(mdl_fault_context *ctx, uint32_t tid, const uint64_t gregs[MDL_MCONTEXT_GREGS],
+                             const uint8_t *fxsave) {
+    int i;
+    memset(ctx, 0, sizeof *ctx);
+    ctx->tid = tid;
+    ctx->flags = MDL_FAULT_MCONTEXT;
+    for (i = 0; i < MDL_MCONTEXT_GREGS; i++)
+        if (mcontext_to_user_regs[i] >= 0) ctx->regs[mcontext_to_user_regs[i]] = gregs[i];
+    ctx->regs[17] &= 0xFFFF; /* CSGSFS: cs | gs << 16 | fs << 32 | ss << 48 */
+    if (fxsave != NULL) {
+        memcpy(ctx->fpregs, fxsave, sizeof ctx->fpregs);
+        ctx->flags |= MDL_FAULT_FPREGS;
+    }
+}
+
 MDL_PRINTF(4, 5) static int set_error(mdl_error *err, int status, int sys_errno, const char *fmt, ...);
 static int set_error(mdl_error *err, int status, int sys_errno, const char *fmt, ...) {
     if (err != NULL) {
@@ -74,8 +96,17 @@ void mdl_snapshot_figures(const mdl_snapshot *snap, mdl_figures *out) {
     memset(out, 0, sizeof *out);
 }
 void mdl_snapshot_free(mdl_snapshot *snap) { (void)snap; }
+int mdl_snapshot_thread(const mdl_snapshot *snap, size_t i, mdl_thread_info *out) {
+    (void)snap;
+    (void)i;
+    memset(out, 0, sizeof *out);
+    return -1;
+}
 
 #else
+
+_Static_assert(sizeof(struct user_regs_struct) == MDL_USER_REGS_WORDS * 8, "user_regs_struct layout");
+_Static_assert(sizeof(struct user_fpregs_struct) == 512, "FXSAVE layout");
 
 #define PAGE 4096ull
 #define MAX_FILE (64u << 20)
@@ -331,6 +362,19 @@ static int parse_maps(mdl_snapshot *s) {
     }
     free(text);
     return 0;
+}
+
+/* The lowest mapping starting above addr, or NULL. */
+static const mdl_mapping *mapping_above(const mdl_snapshot *s, uint64_t addr) {
+    size_t lo = 0, hi = s->nmaps;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (s->maps[mid].start <= addr)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < s->nmaps ? &s->maps[lo] : NULL;
 }
 
 static const mdl_mapping *find_mapping(const mdl_snapshot *s, uint64_t addr) {
@@ -775,6 +819,46 @@ static void read_thread_name(mdl_snapshot *s, mdl_thread *t) {
     free(b.data);
 }
 
+/* user_regs_struct words a signal handler's mcontext provides (see
+ * mcontext_to_user_regs): r15 .. rdi, rip, cs, eflags, rsp. */
+static int mcontext_word(int word) { return word <= 14 || (word >= 16 && word <= 19); }
+
+/* The crashing thread's registers are those at the fault, not those ptrace
+ * sees now (a signal handler, raise() after a handler, or the exit path).  A
+ * crashing thread that could not be stopped (it exited) is still written with
+ * its fault context: its stack lives as long as the process's memory. */
+static int apply_crash_context(mdl_snapshot *s, const mdl_fault_context *f) {
+    mdl_thread *t = NULL;
+    size_t i;
+    if (f->tid == 0 || !(f->flags & (MDL_FAULT_REGS | MDL_FAULT_MCONTEXT))) return 0;
+    for (i = 0; i < s->nthreads; i++)
+        if ((uint32_t)s->threads[i].tid == f->tid) t = &s->threads[i];
+    if (t == NULL) {
+        if (add_thread(s, (pid_t)f->tid) < 0) return -1;
+        t = &s->threads[s->nthreads - 1];
+    }
+    if (f->flags & MDL_FAULT_REGS) {
+        memcpy(&t->regs, f->regs, sizeof t->regs);
+    } else {
+        uint64_t words[MDL_USER_REGS_WORDS];
+        int w;
+        if (!t->have_regs) memset(&t->regs, 0, sizeof t->regs);
+        memcpy(words, &t->regs, sizeof words);
+        for (w = 0; w < MDL_USER_REGS_WORDS; w++)
+            if (mcontext_word(w)) words[w] = f->regs[w];
+        memcpy(&t->regs, words, sizeof words);
+    }
+    if (f->flags & MDL_FAULT_FPREGS) {
+        memcpy(&t->fpregs, f->fpregs, sizeof t->fpregs);
+        t->have_fpregs = 1;
+    }
+    t->have_regs = 1;
+    t->crashed = 1;
+    t->gone = 0;
+    if (t->name[0] == 0) read_thread_name(s, t);
+    return 0;
+}
+
 static int collect_memory(mdl_snapshot *s, reader *r, const mdl_options *o) {
     range *ranges = (range *)calloc(s->nthreads * 2 + 1, sizeof *ranges);
     size_t n = 0, i, cap = 0;
@@ -788,6 +872,12 @@ static int collect_memory(mdl_snapshot *s, reader *r, const mdl_options *o) {
         rip = t->regs.rip;
         m = find_mapping(s, sp);
         if (m == NULL && sp >= 128) m = find_mapping(s, sp - 128);
+        if (m == NULL || !(m->perms & MDL_PERM_R)) {
+            /* a stack overflow: SP is in the guard page or below the stack's
+             * mapping; the frames are in the readable mapping just above */
+            const mdl_mapping *above = mapping_above(s, sp);
+            if (above != NULL && above->start - sp <= o->max_stack && (above->perms & MDL_PERM_R)) m = above;
+        }
         if (m != NULL && (m->perms & MDL_PERM_R)) {
             uint64_t start = sp & ~(PAGE - 1), end;
             if (start < m->start) start = m->start;
@@ -886,7 +976,7 @@ static int take(job *jb) {
     uint64_t t0 = mdl_now_ns(), stop_start = 0, deadline;
     reader r = {s->pid, -1, s};
     size_t i;
-    int rc = MDL_OK, round;
+    int rc = MDL_OK, round = 0;
 
     state = proc_state(s->pid, &starttime);
     if (state == '?')
@@ -937,7 +1027,14 @@ static int take(job *jb) {
     }
     stop_start = mdl_now_ns();
     deadline = stop_start + (o->stop_timeout_ns ? o->stop_timeout_ns : 5000000000ull);
-    for (round = 0; round < 16; round++) {
+    if (o->attached) {
+        /* the caller (a supervisor) traces and holds every thread: a thread
+         * that is not in a ptrace-stop under this thread fails PTRACE_GETREGS
+         * below and is left out */
+        for (i = 0; i < s->nthreads; i++) s->threads[i].seized = s->threads[i].stopped = 1;
+        round = 16;
+    }
+    for (; round < 16; round++) {
         int added;
         for (i = 0; i < s->nthreads; i++) {
             mdl_thread *t = &s->threads[i];
@@ -959,7 +1056,7 @@ static int take(job *jb) {
         }
         if (added == 0) break;
     }
-    if (o->fault == 1) {
+    if (o->fault == 1 && !o->attached) {
         /* tests: the process dies while stopped */
         uint64_t until = mdl_now_ns() + 2000000000ull;
         kill(s->pid, SIGKILL);
@@ -972,7 +1069,7 @@ static int take(job *jb) {
         int leader_ok = 0;
         for (i = 0; i < s->nthreads; i++)
             if (s->threads[i].tid == s->pid && s->threads[i].stopped && !s->threads[i].gone) leader_ok = 1;
-        if (!leader_ok || process_gone(s->pid)) {
+        if ((!leader_ok && !o->attached) || process_gone(s->pid)) {
             rc = set_error(err, MDL_ERR_EXITED, ESRCH, "process %d exited during the snapshot", (int)s->pid);
             goto detach;
         }
@@ -989,9 +1086,27 @@ static int take(job *jb) {
     for (i = 0; i < s->nthreads; i++) {
         mdl_thread *t = &s->threads[i];
         if (!t->stopped || t->gone) continue;
-        if (ptrace(PTRACE_GETREGS, t->tid, NULL, &t->regs) == 0) t->have_regs = 1;
+        if (ptrace(PTRACE_GETREGS, t->tid, NULL, &t->regs) == 0)
+            t->have_regs = 1;
+        else if (o->attached && errno == ESRCH)
+            t->gone = 1; /* not held by the caller (already exited) */
         if (ptrace(PTRACE_GETFPREGS, t->tid, NULL, &t->fpregs) == 0) t->have_fpregs = 1;
         read_thread_name(s, t);
+    }
+    if (apply_crash_context(s, &o->crash) != 0) {
+        rc = set_error(err, MDL_ERR_SYS, ENOMEM, "out of memory");
+        goto detach;
+    }
+    {
+        size_t have = 0;
+        for (i = 0; i < s->nthreads; i++) have += s->threads[i].have_regs && !s->threads[i].gone;
+        if (have == 0) {
+            rc = set_error(err, o->attached ? MDL_ERR_ARG : MDL_ERR_EXITED, ESRCH,
+                           o->attached ? "no thread of process %d is held in a ptrace-stop by the calling thread"
+                                       : "process %d exited during the snapshot",
+                           (int)s->pid);
+            goto detach;
+        }
     }
     if (collect_memory(s, &r, o) != 0) {
         rc = set_error(err, MDL_ERR_SYS, ENOMEM, "out of memory copying stacks");
@@ -1026,7 +1141,7 @@ static int take(job *jb) {
 
 detach:
     if (stop_start) {
-        detach_all(s);
+        if (!o->attached) detach_all(s);
         s->stopped_ns = mdl_now_ns() - stop_start;
     }
     if (rc == MDL_OK) {
@@ -1088,12 +1203,22 @@ int mdl_snapshot_take(uint32_t pid, const mdl_options *options, mdl_snapshot **o
     jb.snap = (mdl_snapshot *)calloc(1, sizeof *jb.snap);
     if (jb.snap == NULL) return set_error(err, MDL_ERR_SYS, ENOMEM, "out of memory");
     jb.snap->pid = (pid_t)pid;
+    if (options->nuser_streams > MDL_MAX_USER_STREAMS || (options->nuser_streams && options->user_streams == NULL)) {
+        free(jb.snap);
+        return set_error(err, MDL_ERR_ARG, EINVAL, "at most %d user streams", MDL_MAX_USER_STREAMS);
+    }
+    if (options->attached) {
+        /* ptrace requests must come from the tracing thread: this one */
+        snapshot_main(&jb);
+        goto taken;
+    }
     rc = pthread_create(&thread, NULL, snapshot_main, &jb);
     if (rc != 0) {
         free(jb.snap);
         return set_error(err, MDL_ERR_SYS, rc, "cannot start the snapshot thread: %s", strerror(rc));
     }
     pthread_join(thread, NULL);
+taken:
     if (jb.status != MDL_OK) {
         if (err) *err = jb.err;
         mdl_snapshot_free(jb.snap);
@@ -1116,6 +1241,21 @@ void mdl_snapshot_figures(const mdl_snapshot *s, mdl_figures *out) {
     out->snapshot_ns = s->snapshot_ns;
     out->vm_readv_failures = s->readv_failures;
     out->pending_signals = s->pending_signals;
+}
+
+int mdl_snapshot_thread(const mdl_snapshot *s, size_t i, mdl_thread_info *out) {
+    const mdl_thread *t;
+    memset(out, 0, sizeof *out);
+    if (s == NULL || i >= s->nthreads) return -1;
+    t = &s->threads[i];
+    out->tid = (uint32_t)t->tid;
+    out->fs_base = t->regs.fs_base;
+    out->rip = t->regs.rip;
+    out->rsp = t->regs.rsp;
+    out->crashed = t->crashed;
+    memcpy(out->name, t->name, sizeof out->name);
+    out->name[sizeof out->name - 1] = 0;
+    return 0;
 }
 
 void mdl_snapshot_free(mdl_snapshot *s) {

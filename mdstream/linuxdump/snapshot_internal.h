@@ -44,6 +44,7 @@ typedef struct mdl_thread {
     int gone;                   /* exited while we looked */
     int pending_signal;         /* signal-delivery-stop: re-inject at detach */
     int have_regs, have_fpregs;
+    int crashed;                /* regs/fpregs hold the fault context */
     struct user_regs_struct regs;
     struct user_fpregs_struct fpregs;
     uint64_t stack_start, stack_size;  /* 0 size: no stack captured */

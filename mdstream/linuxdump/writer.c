@@ -225,7 +225,7 @@ static void cpu_info(uint16_t *level, uint16_t *revision, uint32_t vendor[3], ui
 
 int mdl_layout_build(const mdl_snapshot *s, const mdl_options *o, mdl_layout *out, mdl_error *err) {
     meta m = {NULL, 0, 0, 0};
-    dir_entry dir[24];
+    dir_entry dir[32];
     uint32_t ndir = 0, i;
     uint64_t dir_at, at;
     uint64_t *context_at = NULL;
@@ -326,7 +326,7 @@ int mdl_layout_build(const mdl_snapshot *s, const mdl_options *o, mdl_layout *ou
 
     /* Exception */
     if (o->exception_signal > 0) {
-        uint32_t tid = o->exception_tid ? o->exception_tid : (uint32_t)s->pid;
+        uint32_t tid = o->exception_tid ? o->exception_tid : o->crash.tid ? o->crash.tid : (uint32_t)s->pid;
         size_t k = 0;
         int found = 0;
         for (i = 0; i < s->nthreads; i++)
@@ -433,6 +433,33 @@ int mdl_layout_build(const mdl_snapshot *s, const mdl_options *o, mdl_layout *ou
             dir[ndir].rva = (uint32_t)at;
             ndir++;
         }
+    }
+
+    /* the caller's streams (Python tracebacks, annotations), as given */
+    if (o->nuser_streams > MDL_MAX_USER_STREAMS) {
+        free(context_at);
+        free(m.data);
+        return lay_error(err, MDL_ERR_ARG, "at most %d user streams", MDL_MAX_USER_STREAMS);
+    }
+    for (i = 0; i < o->nuser_streams; i++) {
+        const mdl_user_stream *u = &o->user_streams[i];
+        uint32_t k;
+        if (u->type <= 0xFFFFu || (u->size && u->data == NULL)) {
+            free(context_at);
+            free(m.data);
+            return lay_error(err, MDL_ERR_ARG, "user stream 0x%X: types above 0xFFFF only, with data", u->type);
+        }
+        for (k = 0; k < ndir; k++)
+            if (dir[k].type == u->type) {
+                free(context_at);
+                free(m.data);
+                return lay_error(err, MDL_ERR_ARG, "stream type 0x%X is already in the dump", u->type);
+            }
+        at = add_blob(&m, u->data, u->size);
+        dir[ndir].type = u->type;
+        dir[ndir].size = u->size;
+        dir[ndir].rva = (uint32_t)at;
+        ndir++;
     }
 
     /* Memory64List: descriptors here, contents after the metadata */
