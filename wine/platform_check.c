@@ -89,13 +89,17 @@ static DWORD WINAPI consume_once(LPVOID param) {
     mds_record rec;
     int rc;
     if (mds_ring_claim_consumer(&c->ring, &err) != MDS_OK ||
-        mds_ring_set_consumer_output(&c->ring, c->output, &err) != MDS_OK ||
-        mds_platform_file_create(c->output, &file, &err) != MDS_OK) {
+        mds_platform_file_create(c->output, &file, &err) != MDS_OK ||
+        mds_ring_set_consumer_output(&c->ring, c->output, &err) != MDS_OK) {
         snprintf(c->message, sizeof c->message, "consumer setup: %s", err.message);
         return 1;
     }
     while ((rc = mds_ring_poll(&c->ring, &start, &end, &err)) == MDS_EMPTY && mds_now_ns() < deadline)
         mds_ring_wait_data(&c->ring, 10000000ull, &err);
+    if (rc == MDS_OK) {
+        uint64_t n, b, high;
+        rc = mds_ring_take(&c->ring, start, end, &n, &b, &high, &err);
+    }
     if (rc != MDS_OK) {
         snprintf(c->message, sizeof c->message, "consumer poll: rc %d %s", rc, err.message);
         mds_platform_file_close(file);
@@ -108,7 +112,6 @@ static DWORD WINAPI consume_once(LPVOID param) {
         c->applied += (int)rec.length;
     }
     mds_platform_file_close(file);
-    mds_ring_advance(&c->ring, end);
     mds_ring_release(&c->ring, end); /* then stall: the producer must spill */
     return 0;
 }
@@ -138,11 +141,12 @@ static int read_whole(const char *path, uint8_t *out, DWORD size, DWORD *got) {
 }
 
 static void check_spill(const char *scratch) {
-    static uint8_t source[SPILL_SIZE + 64], expected[SPILL_SIZE], actual[SPILL_SIZE + 16];
+    static uint8_t source[SPILL_SIZE + 64], expected[SPILL_SIZE], actual[SPILL_SIZE + 16], base[SPILL_SIZE + 16];
     static uint64_t offsets[SPILL_WRITES + 1], sources[SPILL_WRITES + 1];
     static uint32_t lengths[SPILL_WRITES + 1];
     static spill_consumer consumer;
-    char ring_path[600], spill_path[600], manifest_path[620];
+    char ring_path[600], spill_path[600], manifest_path[620], base_path[620];
+    DWORD base_got = 0;
     mds_ring producer;
     mds_error err;
     mds_callback_options options;
@@ -169,6 +173,7 @@ static void check_spill(const char *scratch) {
     snprintf(ring_path, sizeof ring_path, "%s\\spill-ring", scratch);
     snprintf(spill_path, sizeof spill_path, "%s\\spill.dmp", scratch);
     snprintf(manifest_path, sizeof manifest_path, "%s.mdspill", spill_path);
+    snprintf(base_path, sizeof base_path, "%s.mdspill-base", spill_path);
     snprintf(consumer.output, sizeof consumer.output, "%s\\consumer-partial.dmp", scratch);
     rc = mds_ring_create(&producer, ring_path, 8192, &err);
     if (rc == MDS_OK) rc = mds_ring_attach(&consumer.ring, ring_path, &err);
@@ -194,15 +199,21 @@ static void check_spill(const char *scratch) {
     result("spill_consumer_applied_a_batch", consumer.applied > 0 && consumer.message[0] == 0, "%d bytes: %s",
            consumer.applied, consumer.message);
     result("spill_copied_the_consumer_file", info.spilled && info.base_bytes == (uint64_t)consumer.applied &&
-           (info.flags & (MDS_SPILL_FINISHED | MDS_SPILL_BASE_COMPLETE)) == (MDS_SPILL_FINISHED | MDS_SPILL_BASE_COMPLETE),
+           (info.flags & (MDS_SPILL_FINISHED | MDS_SPILL_BASE_COMPLETE | MDS_SPILL_BASE_COPY)) ==
+               (MDS_SPILL_FINISHED | MDS_SPILL_BASE_COMPLETE | MDS_SPILL_BASE_COPY),
            "spilled %d flags 0x%x base %llu applied %d replayed %llu direct %llu: %s", info.spilled, info.flags,
            (unsigned long long)info.base_bytes, consumer.applied, (unsigned long long)info.replayed_bytes,
            (unsigned long long)info.direct_bytes, info.reason);
     /* (Each read before its result(): argument evaluation order is unspecified.) */
+    /* The base copy holds the consumer's released prefix as it was; the
+     * spill file everything after it and the header patch DbgHelp wrote last:
+     * together (what `mdstream spill finish` overlays), exactly the dump. */
     ok = read_whole(spill_path, actual, sizeof actual, &got) && got == SPILL_SIZE &&
-         memcmp(actual, expected, SPILL_SIZE) == 0;
-    result("spill_file_is_the_dump", ok, "read %lu bytes, %s", (unsigned long)got,
-           got == SPILL_SIZE ? "different bytes" : "wrong size");
+         read_whole(base_path, base, sizeof base, &base_got) && base_got == (DWORD)consumer.applied &&
+         memcmp(base, source, base_got) == 0 && memcmp(actual + base_got, expected + base_got, SPILL_SIZE - base_got) == 0 &&
+         memcmp(actual + 10, expected + 10, 16) == 0;
+    result("spill_and_base_copy_are_the_dump", ok, "read %lu + %lu bytes, %s", (unsigned long)got,
+           (unsigned long)base_got, got == SPILL_SIZE ? "different bytes" : "wrong size");
     ok = read_whole(manifest_path, (uint8_t *)magic, 8, &got) && got == 8 && memcmp(magic, "MDSPILL1", 8) == 0;
     result("spill_manifest_written", ok, "read %lu bytes", (unsigned long)got);
     result("spill_aborted_the_ring", mds_ring_state(&consumer.ring) == MDS_STATE_ABORTED, "state %u",
@@ -218,7 +229,7 @@ static void check_spill(const char *scratch) {
             run_dump(&sim, &ctx, source, sizeof source, offsets, lengths, sources, SPILL_WRITES + 1);
             ok = !sim.succeeded && (uint32_t)sim.failed_status == 0x8007001Du &&
                  read_whole(spill_path, actual, sizeof actual, &got) && got == SPILL_SIZE &&
-                 memcmp(actual, expected, SPILL_SIZE) == 0;
+                 memcmp(actual + 10, expected + 10, 16) == 0;
             result("spill_never_overwrites", ok, "succeeded %d status 0x%08lx, file %lu bytes: %s", sim.succeeded,
                    (unsigned long)sim.failed_status, (unsigned long)got, ctx.failure_reason);
             mds_ring_close(&again);
@@ -230,6 +241,7 @@ static void check_spill(const char *scratch) {
     mds_ring_unlink(ring_path, &err);
     DeleteFileA(spill_path);
     DeleteFileA(manifest_path);
+    DeleteFileA(base_path);
     DeleteFileA(consumer.output);
 }
 
@@ -252,7 +264,8 @@ int main(int argc, char **argv) {
     result("attach_linux_ring", rc == MDS_OK, "%s", err.message);
     if (rc == MDS_OK) {
         rc = mds_ring_write(&a, 7, "from wine", 9, 0, &err);
-        if (rc == MDS_OK) rc = mds_ring_finish(&a, &err);
+        /* Sealed (END written); the Linux side drains it after this process exits. */
+        if (rc == MDS_OK) rc = mds_ring_end(&a, 0, &err);
         result("produce_into_linux_ring", rc == MDS_OK, "%s", err.message);
         mds_ring_close(&a);
     }
@@ -279,7 +292,9 @@ int main(int argc, char **argv) {
         if (rc == MDS_OK) {
             rc = mds_ring_write(&a, 100, "abc", 3, 0, &err);
             rc = rc == MDS_OK ? mds_ring_poll(&b, &start, &end, &err) : rc;
-            result("file_ring_shares_data", rc == MDS_OK && end - start == 32, "rc %d: %s", rc, err.message);
+            /* The BEGIN record, then the 3-byte write's 32-byte record. */
+            result("file_ring_shares_data", rc == MDS_OK && end - start == MDS_RING_RECORD_HEADER + MDS_BEGIN_PAYLOAD + 32,
+                   "rc %d: %s", rc, err.message);
             mds_ring_close(&b);
         }
         mds_ring_close(&a);
@@ -300,7 +315,8 @@ int main(int argc, char **argv) {
         if (rc == MDS_OK) {
             rc = mds_ring_write(&a, 0, "hello", 5, 0, &err);
             rc = rc == MDS_OK ? mds_ring_poll(&b, &start, &end, &err) : rc;
-            result("section_shares_data", rc == MDS_OK && end - start == 32, "rc %d: %s", rc, err.message);
+            result("section_shares_data", rc == MDS_OK && end - start == MDS_RING_RECORD_HEADER + MDS_BEGIN_PAYLOAD + 32,
+                   "rc %d: %s", rc, err.message);
             mds_ring_close(&b);
         }
         mds_ring_close(&a);

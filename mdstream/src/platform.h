@@ -37,9 +37,9 @@ int mds_platform_unlink(const char *name, mds_error *err);
 /* ---- Roles, fork and stale rings ---------------------------------------------
  * Role locks: OFD locks on byte MDS_LOCK_* of a file-backed ring, which the
  * kernel drops when the holder dies (any PID namespace).  Where there is no
- * file or no OFD lock, lock/unlock succeed doing nothing and alive answers
- * MDS_UNKNOWN, so callers fall back to the recorded pid. */
-int mds_platform_role_lock(mds_ring *ring, unsigned lock_byte, mds_error *err);
+ * file or no OFD lock, lock/unlock succeed doing nothing (*locked = 0) and
+ * alive answers MDS_UNKNOWN, so callers fall back to the recorded pid. */
+int mds_platform_role_lock(mds_ring *ring, unsigned lock_byte, int *locked, mds_error *err);
 void mds_platform_role_unlock(mds_ring *ring, unsigned lock_byte);
 int mds_platform_role_alive(const mds_ring *ring, unsigned lock_byte);
 /* Bumped in every child of fork(): handles remember the value they were made

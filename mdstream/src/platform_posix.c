@@ -296,13 +296,21 @@ static int ofd_lock(int fd, unsigned byte, short type, int cmd, struct flock *ou
 }
 #endif
 
-int mds_platform_role_lock(mds_ring *ring, unsigned lock_byte, mds_error *err) {
+int mds_platform_role_lock(mds_ring *ring, unsigned lock_byte, int *locked, mds_error *err) {
+    *locked = 0;
 #ifdef HAVE_OFD_LOCKS
-    if (ring->fd >= 0 && ofd_lock((int)ring->fd, lock_byte, F_WRLCK, F_OFD_SETLK, NULL) != 0) {
-        int e = errno;
-        if (e == EAGAIN || e == EACCES)
-            return mds_set_error(err, MDS_ERR_BUSY, e, "ring %s: the role is held by another live process", ring->path);
-        if (e != EINVAL) return mds_set_error(err, MDS_ERR_SYS, e, "cannot lock ring %s: %s", ring->path, strerror(e));
+    if (ring->fd >= 0) {
+        if (ofd_lock((int)ring->fd, lock_byte, F_WRLCK, F_OFD_SETLK, NULL) == 0) {
+            *locked = 1;
+            return MDS_OK;
+        }
+        {
+            int e = errno;
+            if (e == EAGAIN || e == EACCES)
+                return mds_set_error(err, MDS_ERR_BUSY, e, "ring %s: the role is held by another live process",
+                                     ring->path);
+            if (e != EINVAL) return mds_set_error(err, MDS_ERR_SYS, e, "cannot lock ring %s: %s", ring->path, strerror(e));
+        }
     }
 #else
     (void)ring;
@@ -852,13 +860,16 @@ int mds_platform_probe_stale(const char *name, int *stale, uint32_t *creator_pid
     *creator_pid = h.creator_pid;
 #ifdef HAVE_OFD_LOCKS
     if (h.version >= 2) {
-        int c = fd_lock_held(fd, MDS_LOCK_CREATOR), p = fd_lock_held(fd, MDS_LOCK_PRODUCER),
-            k = fd_lock_held(fd, MDS_LOCK_CONSUMER);
-        if (c != MDS_UNKNOWN && p != MDS_UNKNOWN && k != MDS_UNKNOWN) {
-            close(fd);
-            *stale = (c == MDS_GONE && p == MDS_GONE && k == MDS_GONE);
-            return MDS_OK;
-        }
+        /* Each role by its lock when its holder took one, else by its pid. */
+        int c = (h.flags & MDS_FLAG_CREATOR_LOCKED) ? fd_lock_held(fd, MDS_LOCK_CREATOR) : MDS_UNKNOWN;
+        int p = (h.flags & MDS_FLAG_PRODUCER_LOCKED) ? fd_lock_held(fd, MDS_LOCK_PRODUCER) : MDS_UNKNOWN;
+        int k = (h.flags & MDS_FLAG_CONSUMER_LOCKED) ? fd_lock_held(fd, MDS_LOCK_CONSUMER) : MDS_UNKNOWN;
+        if (c == MDS_UNKNOWN) c = h.creator_pid && mds_pid_alive(h.creator_pid) ? MDS_ALIVE : MDS_GONE;
+        if (p == MDS_UNKNOWN) p = h.producer_token && h.producer_pid && mds_pid_alive(h.producer_pid) ? MDS_ALIVE : MDS_GONE;
+        if (k == MDS_UNKNOWN) k = h.consumer_token && h.consumer_pid && mds_pid_alive(h.consumer_pid) ? MDS_ALIVE : MDS_GONE;
+        close(fd);
+        *stale = (c == MDS_GONE && p == MDS_GONE && k == MDS_GONE);
+        return MDS_OK;
     }
 #endif
     /* Version 1 rings (no role locks) and systems without OFD locks: pids. */

@@ -456,7 +456,8 @@ uint64_t mds_platform_fork_generation(void) { return 0; }
 
 /* Role liveness on Windows comes from the recorded pids (mds_pid_alive):
  * no role locks. */
-int mds_platform_role_lock(mds_ring *ring, unsigned lock_byte, mds_error *err) {
+int mds_platform_role_lock(mds_ring *ring, unsigned lock_byte, int *locked, mds_error *err) {
+    *locked = 0;
     (void)ring;
     (void)lock_byte;
     (void)err;

@@ -144,7 +144,11 @@ int mds_ring_create_ex(mds_ring *ring, const char *name, uint64_t capacity, int 
     h->creator_pid = ring->pid;
     h->created_ns = mds_now_ns();
     h->created_unix_ns = mds_platform_realtime_ns();
-    rc = mds_platform_role_lock(ring, MDS_LOCK_CREATOR, err);
+    {
+        int locked = 0;
+        rc = mds_platform_role_lock(ring, MDS_LOCK_CREATOR, &locked, err);
+        if (locked) h->flags |= MDS_FLAG_CREATOR_LOCKED;
+    }
     if (rc == MDS_OK) {
         mds_fence_release();
         memcpy(h->magic, MDS_RING_MAGIC, 8);
@@ -334,6 +338,11 @@ static unsigned role_lock_byte(int role) {
     return role == MDS_ROLE_PRODUCER ? MDS_LOCK_PRODUCER : role == MDS_ROLE_CONSUMER ? MDS_LOCK_CONSUMER : MDS_LOCK_CREATOR;
 }
 
+static uint32_t role_locked_flag(int role) {
+    return role == MDS_ROLE_PRODUCER ? MDS_FLAG_PRODUCER_LOCKED
+           : role == MDS_ROLE_CONSUMER ? MDS_FLAG_CONSUMER_LOCKED : MDS_FLAG_CREATOR_LOCKED;
+}
+
 int mds_ring_role_alive(mds_ring *ring, int role) {
     uint32_t pid;
     int answer;
@@ -344,8 +353,12 @@ int mds_ring_role_alive(mds_ring *ring, int role) {
         (role == MDS_ROLE_CONSUMER && mds_load_acquire_u64(&ring->header->consumer_token) == ring->token) ||
         (role == MDS_ROLE_CREATOR && ring->is_owner && mds_ring_owned_by_this_process(ring)))
         return MDS_ALIVE;
-    answer = mds_platform_role_alive(ring, role_lock_byte(role));
-    if (answer != MDS_UNKNOWN) return answer;
+    /* The lock answers only when its holder took one (a Windows or Wine peer
+     * takes none): else the pid. */
+    if (mds_load_acquire_u32(&ring->header->flags) & role_locked_flag(role)) {
+        answer = mds_platform_role_alive(ring, role_lock_byte(role));
+        if (answer != MDS_UNKNOWN) return answer;
+    }
     pid = (uint32_t)role_pid(ring->header, role);
     if (pid == 0) return MDS_UNKNOWN;
     return mds_pid_alive(pid) ? MDS_ALIVE : MDS_GONE;
@@ -358,18 +371,19 @@ int mds_ring_probe_stale(const char *name, int *stale, uint32_t *creator_pid, md
 static int claim(uint64_t *token_field, uint32_t *pid_field, int role, mds_ring *ring, const char *role_name,
                  mds_error *err) {
     uint64_t expected = 0;
-    int rc;
+    int rc, locked = 0;
     if (!mds_ring_owned_by_this_process(ring)) return inherited_error(ring, err);
     if (mds_load_acquire_u32(&ring->closing)) return mds_set_error(err, MDS_ERR_CLOSED, 0, "the ring is being closed");
     /* The lock first: a token is never visible without a live holder's lock,
      * so "token set, lock free" always means the holder died. */
-    rc = mds_platform_role_lock(ring, role_lock_byte(role), err);
+    rc = mds_platform_role_lock(ring, role_lock_byte(role), &locked, err);
     if (rc == MDS_ERR_BUSY)
         return mds_set_error(err, MDS_ERR_BUSY, 0, "ring %s already has a %s (pid %u)",
                              ring->path[0] ? ring->path : "(anonymous)", role_name, mds_load_acquire_u32(pid_field));
     if (rc != MDS_OK) return rc;
     if (mds_cas_u64(token_field, &expected, ring->token) || expected == ring->token) {
         mds_store_release_u32(pid_field, ring->pid);
+        if (locked) mds_fetch_or_u32(&ring->header->flags, role_locked_flag(role));
         return MDS_OK;
     }
     mds_platform_role_unlock(ring, role_lock_byte(role));

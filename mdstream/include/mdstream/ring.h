@@ -46,6 +46,9 @@ extern "C" {
 /* Header flags. */
 #define MDS_FLAG_CONSUMER_DETACHED 0x1u /* the consumer closed its handle */
 #define MDS_FLAG_PRODUCER_DETACHED 0x2u /* the producer closed its handle */
+#define MDS_FLAG_CREATOR_LOCKED 0x8u    /* the holder of a role took its OFD lock: liveness by lock, */
+#define MDS_FLAG_PRODUCER_LOCKED 0x10u  /* not by pid (a Windows/Wine peer takes none) */
+#define MDS_FLAG_CONSUMER_LOCKED 0x20u
 #define MDS_FLAG_OUTPUT_RELEASED 0x4u   /* the producer no longer needs consumer_output (it holds its own
                                          * descriptor of it, or decided not to use it) */
 
