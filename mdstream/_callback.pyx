@@ -10,6 +10,7 @@ from libc.string cimport memcpy, memset
 import os
 
 import numpy as np
+from mdstream.errors import DumpOptionError
 cimport numpy as cnp
 
 from mdstream._core cimport *
@@ -90,14 +91,14 @@ cdef class DumpCallback:
         options.is_process_snapshot_status = as_hresult(is_process_snapshot_status)
         options.coalesce = 1 if coalesce else 0
         if int(publish_bytes) < 0:
-            raise ValueError("publish_bytes must be >= 0")
+            raise DumpOptionError("publish_bytes must be >= 0")
         options.publish_bytes = <uint64_t>int(publish_bytes)
         ranges = list(extra_memory)
         if len(ranges) > MDS_MAX_EXTRA_MEMORY:
-            raise ValueError(f"at most {MDS_MAX_EXTRA_MEMORY} extra memory ranges")
+            raise DumpOptionError(f"at most {MDS_MAX_EXTRA_MEMORY} extra memory ranges")
         for i, (base, size) in enumerate(ranges):
             if not (0 <= int(base) < 2**64 and 0 < int(size) < 2**32):
-                raise ValueError(f"bad memory range {(base, size)!r}")
+                raise DumpOptionError(f"bad memory range {(base, size)!r}")
             options.extra_memory[i].base = int(base)
             options.extra_memory[i].size = <ULONG>int(size)
         options.extra_memory_count = <uint32_t>len(ranges)
@@ -106,7 +107,7 @@ cdef class DumpCallback:
         _set_spill_path(&options, spill_path)
         if spill_after is not None:
             if spill_path is None:
-                raise ValueError("spill_after needs a spill_path")
+                raise DumpOptionError("spill_after needs a spill_path")
             options.spill_after_ns = _duration_ns("spill_after", spill_after, allow_none=False)
 
         self.ctx = <mds_callback_context *>malloc(sizeof(mds_callback_context))
@@ -296,19 +297,19 @@ cdef uint64_t _duration_ns(str name, object value, bint allow_none) except? 0:
     if value is None:
         if allow_none:
             return 0
-        raise ValueError(f"{name} must be a number of seconds")
+        raise DumpOptionError(f"{name} must be a number of seconds")
     try:
         seconds = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number of seconds or None, not {value!r}") from None
     if not seconds > 0 or seconds != seconds:
-        raise ValueError(f"{name} must be a positive number of seconds{' or None' if allow_none else ''}, not {value!r}")
+        raise DumpOptionError(f"{name} must be a positive number of seconds{' or None' if allow_none else ''}, not {value!r}")
     if seconds == float("inf"):
         if allow_none:
             return 0
-        raise ValueError(f"{name} must be finite")
+        raise DumpOptionError(f"{name} must be finite")
     if seconds > 1e9:
-        raise ValueError(f"{name} of {seconds:g} s is absurd (use None for no limit)")
+        raise DumpOptionError(f"{name} of {seconds:g} s is absurd (use None for no limit)")
     ns = <uint64_t>(seconds * 1e9)
     return ns if ns > 0 else 1
 
@@ -320,9 +321,9 @@ cdef int _set_spill_path(mds_callback_options *options, object spill_path) excep
     path = os.path.abspath(os.fspath(spill_path))
     raw = os.fsencode(path)
     if len(raw) + len(b".mdspill") >= 1024:
-        raise ValueError(f"spill_path is too long ({len(raw)} bytes; the limit is {1023 - len(b'.mdspill')})")
+        raise DumpOptionError(f"spill_path is too long ({len(raw)} bytes; the limit is {1023 - len(b'.mdspill')})")
     if b"\0" in raw:
-        raise ValueError("spill_path contains a NUL byte")
+        raise DumpOptionError("spill_path contains a NUL byte")
     for candidate in (path, path + ".mdspill"):
         if os.path.lexists(candidate):
             raise FileExistsError(f"{candidate} already exists; a spill never overwrites a file")
@@ -361,7 +362,7 @@ cdef class Simulation:
         self.sim.abandon = 1 if abandon else 0
         self.sim.time_calls = 1 if time_calls else 0
         if routine_address == 0:
-            raise ValueError("routine_address is NULL")
+            raise DumpOptionError("routine_address is NULL")
         buf = np.ascontiguousarray(np.frombuffer(buffer, dtype=np.uint8) if not isinstance(buffer, np.ndarray) else buffer)
         if buf.dtype != np.uint8 or buf.ndim != 1:
             raise TypeError("buffer must be a 1-D uint8 array or bytes-like object")
@@ -369,7 +370,7 @@ cdef class Simulation:
         lens = np.ascontiguousarray(lengths, dtype=np.uint32)
         srcs = np.ascontiguousarray(sources, dtype=np.uint64)
         if not (offs.ndim == lens.ndim == srcs.ndim == 1) or not (len(offs) == len(lens) == len(srcs)):
-            raise ValueError("offsets, lengths and sources must be 1-D arrays of one length")
+            raise DumpOptionError("offsets, lengths and sources must be 1-D arrays of one length")
         if len(buf) == 0:
             buf = np.zeros(1, dtype=np.uint8)[:0]
         self.buffer_view = buf

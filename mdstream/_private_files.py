@@ -30,12 +30,8 @@ def create_private_temp(path: str | os.PathLike[str], suffix: str = ".mdstream-p
     (default :func:`temp_name` with ``suffix``).
     """
     given = os.fspath(path)
-    if not given:
-        raise errors.OutputPathError("the output path is empty")
-    final = os.path.abspath(given)
+    final = check_output_name(given)
     directory, base = os.path.split(final)
-    if not base or given.endswith(os.sep):
-        raise errors.OutputPathError(f"{given} names a directory, not an output file")
     check_regular_target(final, given)
     for _ in range(100):
         temp = name(directory, base) if name else temp_name(directory, base, suffix)
@@ -49,6 +45,17 @@ def create_private_temp(path: str | os.PathLike[str], suffix: str = ".mdstream-p
         os.fchmod(fd, 0o600)  # whatever the umask
         return fd, temp, final
     raise FileExistsError(errno.EEXIST, "cannot create a temporary file beside it", given)
+
+
+def check_output_name(given: str) -> str:
+    """Refuse a path that cannot name an output file (empty, ``dir/``, ``.``); returns it made absolute."""
+    if not given:
+        raise errors.OutputPathError("the output path is empty")
+    final = os.path.abspath(given)
+    base = os.path.basename(final)
+    if not base or given.endswith(os.sep) or os.path.basename(given) in (os.curdir, os.pardir) or os.path.isdir(final):
+        raise errors.OutputPathError(f"{given} names a directory, not an output file")
+    return final
 
 
 def check_regular_target(final: str, given: str | None = None) -> None:

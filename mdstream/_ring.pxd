@@ -42,6 +42,7 @@ cdef class Batch:
 
     cdef int check_live(self) except -1
     cdef int do_release(self) except -1
+    cdef int abandon(self) except -1
     cdef tuple _index(self)
     cdef int get_summary(self, mds_span_summary *out) except -1
 

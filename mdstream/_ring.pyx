@@ -836,6 +836,23 @@ cdef class Batch:
             self.ring.release_range(self.start, self.end)
         return 0
 
+    cdef int abandon(self) except -1:
+        """Stop tracking the batch without releasing it: its records were not stored.
+
+        A consumer whose sink failed must not hand the space back: the records
+        stay before ``read_pos``, where a spilling producer finds them
+        (docs/ring-format.md, "Release means stored").
+        """
+        if self.is_released:
+            return 0
+        self.is_released = True
+        self.release_requested = True
+        self.index_cache = None
+        self.ring.live_batches -= 1
+        if self.deferred:
+            self.ring.deferred_batches -= 1
+        return 0
+
     def release(self):
         """Give the batch's space back (deferred while views are alive; idempotent)."""
         if self.is_released or self.release_requested:
@@ -865,8 +882,13 @@ cdef class Batch:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.release()
+    def __exit__(self, exc_type, exc, tb):
+        # Released only if the block stored it: after an exception the records
+        # stay in the ring for the spill (see abandon).
+        if exc_type is None:
+            self.release()
+        else:
+            self.abandon()
 
     def __dealloc__(self):
         if not self.is_released and self.ring is not None:

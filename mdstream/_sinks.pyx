@@ -13,7 +13,7 @@ cimport numpy as cnp
 
 from mdstream._core cimport *
 from mdstream._ring cimport Batch, Ring, SPAN_END, SPAN_TIMEOUT, raise_for, set_batch_span
-from mdstream._private_files import check_new_output, create_private_temp, fsync_directory, publish
+from mdstream._private_files import check_new_output, check_output_name, create_private_temp, fsync_directory, publish
 from mdstream.errors import OutputExistsError
 
 cnp.import_array()
@@ -189,7 +189,7 @@ cdef class FileSink:
 
     def __init__(self, path, *, keep_partial=False, fsync=True, overwrite=False):
         self.overwrite = bool(overwrite)
-        check_new_output(os.path.abspath(os.fspath(path)), self.overwrite)
+        check_new_output(check_output_name(os.fspath(path)), self.overwrite)
         fd, temp, final = create_private_temp(path, ".mdstream-partial")
         self.fd = fd
         self.temp_path = temp
@@ -325,7 +325,7 @@ cdef class TraceSink:
     def __init__(self, path, *, keep_on_abort=True, overwrite=False):
         cdef mds_error err
         self.overwrite = bool(overwrite)
-        check_new_output(os.path.abspath(os.fspath(path)), self.overwrite)
+        check_new_output(check_output_name(os.fspath(path)), self.overwrite)
         fd, temp, final = create_private_temp(path, ".mdtrace-partial")
         self.fd = fd
         self.temp_path = temp
@@ -461,7 +461,10 @@ def drain_ready(Ring ring not None, list sinks, double budget):
             try:
                 for sink in sinks:
                     consume_native(sink, batch)
-            finally:
+            except BaseException:
+                batch.abandon()  # not stored, so not released: the records stay for the spill
+                raise
+            else:
                 batch.release_requested = True
                 if batch.exports:
                     # A sink kept a view: its owner releases this batch; the loop

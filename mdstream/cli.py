@@ -89,6 +89,8 @@ class _RunState:
 
     def __init__(self) -> None:
         self.completed: list[str] = []   # outputs renamed into place
+        self.stream_size = 0             # a dump written as a stream (-o -, a device, a FIFO)
+        self.stream_sha256: str | None = None
 
     def output_done(self, path: str) -> None:
         self.completed.append(path)
@@ -345,8 +347,28 @@ def _check_input(path: str, what: str) -> None:
     os.close(open_input(path, what))
 
 
-def _check_output(path: str, force: bool = False) -> None:
-    """Refuse a directory, a missing parent and (without ``force``) an existing output, before any work."""
+def _is_stream(path: str) -> bool:
+    """``-`` (standard output), or an existing device or FIFO: written as a stream, never replaced."""
+    if path == "-":
+        return True
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode)
+
+
+def _check_output(path: str, force: bool = False, *, stream_ok: bool = False) -> None:
+    """Refuse a directory, a missing parent and (without ``force``) an existing output, before any work.
+
+    With ``stream_ok``, ``-`` and an existing device or FIFO pass: the command
+    writes them as a stream (:class:`mdstream.StreamSink`).  Any other command
+    refuses them: a file output never replaces a device.
+    """
+    if _is_stream(path):
+        if stream_ok:
+            return
+        raise CommandError(f"{path}: not a regular file; this command writes files only")
     if path.endswith(os.sep) or os.path.isdir(path):
         raise CommandError(f"{path}: is a directory; give the output file's name")
     parent = os.path.dirname(os.path.abspath(path))
@@ -364,14 +386,34 @@ def _format_name(args: argparse.Namespace) -> str:
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any], lines: Sequence[str]) -> None:
-    """Print ``lines`` (unless ``--quiet``), or with ``--json`` one object: ``format``, ``status``, ``payload``."""
+    """Print ``lines`` (unless ``--quiet``), or with ``--json`` one object: ``format``, ``status``, ``payload``.
+
+    When the dump itself went to standard output (``-o -``), the lines go to
+    standard error.
+    """
     if getattr(args, "json", False):
         out = {"format": _format_name(args), "status": "ok"}
         out.update(payload)
         print(json.dumps(out, sort_keys=True))
     elif not getattr(args, "quiet", False):
+        target = sys.stderr if getattr(args, "output", None) == "-" else sys.stdout
         for line in lines:
-            print(line)
+            print(line, file=target)
+
+
+def _output_sink(path: str, force: bool) -> Any:
+    """The sink for ``-o``: a :class:`FileSink`, or a :class:`StreamSink` for ``-``, a device or a FIFO."""
+    from mdstream._sinks import FileSink
+    from mdstream.pipeline import StreamSink
+
+    if _is_stream(path):
+        return StreamSink(path)
+    return FileSink(path, overwrite=force)
+
+
+def _check_stream_json(args: argparse.Namespace) -> None:
+    if getattr(args, "output", None) == "-" and getattr(args, "json", False):
+        raise CommandError("-o - writes the dump to standard output: --json cannot share it", code=2)
 
 
 # For the command groups other modules register (mdstream/cli_*.py): the same conventions.
@@ -397,9 +439,21 @@ def _fmt_rate(gbps: float) -> str:
 
 
 def _output_fields(path: str, progress: ProgressBar | None = None) -> dict[str, Any]:
+    if _is_stream(path):
+        return {"output": "-" if path == "-" else os.path.abspath(path), "stream": True,
+                "size": _RUN.stream_size, "mode": None, "sha256": _RUN.stream_sha256}
     st = os.stat(path)
     return {"output": os.path.abspath(path), "size": st.st_size, "mode": f"{st.st_mode & 0o777:04o}",
             "sha256": _sha256(path, bool(progress and progress.enabled))}
+
+
+def _note_stream(sink: Any) -> None:
+    """A stream's bytes are gone once written: keep its size and digest for the summary."""
+    from mdstream.pipeline import StreamSink
+
+    if isinstance(sink, StreamSink):
+        _RUN.stream_size = sink.size
+        _RUN.stream_sha256 = hashlib.sha256(memoryview(sink.memory)).hexdigest()
 
 
 def _ring_fields(capacity: int) -> dict[str, Any]:
@@ -452,20 +506,25 @@ def _run_replay(source: str, output: str, *, schedule: str, chunk: int | None, s
             plan = plan_for(source, schedule=schedule, chunk=chunk, seed=seed)
         sinks: list[Any] = []
         try:
-            sinks.append(FileSink(output, overwrite=force))
+            sinks.append(_output_sink(output, force))
             if trace:
                 sinks.append(TraceSink(trace, overwrite=force))
-            result = replay(plan, sinks=sinks, schedule=schedule, ring_capacity=ring_capacity,
-                            coalesce=not trace, progress=progress)
         except BaseException as exc:
             _abort_all(sinks, exc)
+            raise
+        try:
+            # drain() aborts the sinks itself on failure (keeping what a spill may need).
+            result = replay(plan, sinks=sinks, schedule=schedule, ring_capacity=ring_capacity,
+                            coalesce=not trace, progress=progress)
+            _note_stream(sinks[0])
+        except BaseException as exc:
             for sink in sinks:
                 if isinstance(sink, TraceSink) and sink.state == "aborted" and os.path.exists(sink.path):
                     _add_note(exc, f"the partial trace is kept in {sink.path}")
             raise
     finally:
         progress.close()
-    _RUN.output_done(os.path.abspath(output))
+    _RUN.output_done(output if output == "-" else os.path.abspath(output))
     if trace:
         _RUN.output_done(os.path.abspath(trace))
     result.rewritten_bytes = plan.rewritten_bytes
@@ -483,7 +542,8 @@ def _source_kind(path: str) -> str:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     _check_input(args.source, "file")
-    _check_output(args.output, args.force)
+    _check_output(args.output, args.force, stream_ok=True)
+    _check_stream_json(args)
     if args.trace:
         _check_output(args.trace, args.force)
         if os.path.abspath(args.trace) == os.path.abspath(args.output):
@@ -554,35 +614,49 @@ def _refuse_non_ring(name: str) -> None:
                            f"{RING_HEADER_SIZE:,} (docs/ring-format.md)")
 
 
-def cmd_drain(args: argparse.Namespace) -> int:
+def _wait_for_ring(name: str, timeout: float | None, quiet: bool) -> Any:
+    """Attach ``name``, waiting for its producer to create it (up to ``timeout``; forever by default)."""
     from mdstream._ring import Ring
-    from mdstream._sinks import FileSink
+
+    started = time.monotonic()
+    said = False
+    while True:
+        _refuse_non_ring(name)
+        try:
+            return Ring.attach(name)
+        except errors.RingNotFoundError:
+            waited = time.monotonic() - started
+            if timeout is not None and waited >= timeout:
+                raise CommandError(f"{name}: no ring appeared within {timeout:g} s") from None
+            if not said and not quiet and waited > 0.5:
+                print(f"{PROG}: waiting for ring {name} to appear (Ctrl-C to stop)", file=sys.stderr)
+                said = True
+            time.sleep(0.05)
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
     from mdstream.pipeline import drain
 
-    _check_output(args.output, args.force)
-    _refuse_non_ring(args.ring)
-    ring = Ring.attach(args.ring)
+    _check_output(args.output, args.force, stream_ok=True)
+    _check_stream_json(args)
+    ring = _wait_for_ring(args.ring, args.timeout, bool(args.quiet or args.json))
     progress = _progress_for(args, "drain")
     sinks: list[Any] = []
     try:
         try:
-            sinks.append(FileSink(args.output, overwrite=args.force))
-        except BaseException as exc:
-            # Tell the producer at once instead of letting it wait for space.
-            if not ring.closed and ring.state == "open":
-                ring.abort(0x80004005, f"consumer failed: {type(exc).__name__}: {exc}"[:255])
+            sinks.append(_output_sink(args.output, args.force))
+        except BaseException:
+            # A refused output changes nothing: this process never took the consumer role.
             raise
         result = drain(ring, sinks, timeout=args.timeout, progress=progress)
-    except BaseException as exc:
-        _abort_all(sinks, exc)
-        raise
+        _note_stream(sinks[0])
     finally:
         progress.close()
         try:
             ring.close()
-        except BufferError:  # pragma: no cover - a view outlived the drain
+        except (BufferError, errors.RingBusyError):  # pragma: no cover - a view outlived the drain
             pass
-    _RUN.output_done(os.path.abspath(args.output))
+    _RUN.output_done(args.output if args.output == "-" else os.path.abspath(args.output))
     payload = result.to_dict()
     payload.update(_output_fields(args.output, progress))
     payload["ring"] = _ring_path(args.ring) if os.sep in args.ring else args.ring
@@ -1029,6 +1103,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_reports.add_parsers(sub)
     from mdstream import cli_crash  # run, watch
     cli_crash.add_parsers(sub)
+    from mdstream import cli_ring  # ring list|clean
+    cli_ring.add_parsers(sub)
     return parser
 
 
@@ -1093,6 +1169,24 @@ def _json_error(fmt: str, message: str, code: int) -> None:
         pass
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: unwinds like Ctrl-C (sinks aborted, the ring told), then exits 143."""
+
+
+def _terminate_like_interrupt() -> Any:
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # pragma: no cover - not the main thread of the main interpreter
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mdstream`` command; returns the exit status."""
     argv_list = list(sys.argv[1:] if argv is None else argv)
@@ -1111,7 +1205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _json_error(_format_name(args) if args is not None else _format_from_argv(argv_list), message, code)
         return code
 
+    previous_term = None
     try:
+        previous_term = _terminate_like_interrupt()
         parser = build_parser()
         try:
             args = parser.parse_args(argv_list)
@@ -1121,6 +1217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return 2
         return int(args.func(args))
+    except Terminated:
+        return fail("terminated (SIGTERM)", 143)
     except KeyboardInterrupt:
         if _RUN.completed:
             done = ", ".join(_RUN.completed)
@@ -1141,6 +1239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _expected(exc):
             return fail(_describe_error(exc), 1)
         raise
+    finally:
+        if previous_term is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous_term)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -184,8 +184,9 @@ class DumpTypeError(MdstreamError, ValueError):
 
 
 class DumpOptionError(MdstreamError, ValueError):
-    """A dump option this system's writer cannot honour (a ``MINIDUMP_TYPE`` flag the Linux writer
-    does not implement, a Linux-only option on Windows)."""
+    """A dump option that is invalid (a negative or NaN deadline, ``spill_after`` without a spill) or
+    that this system's writer cannot honour (a ``MINIDUMP_TYPE`` flag the Linux writer does not
+    implement, a Linux-only option on Windows)."""
 
 
 class InputFileError(MdstreamError, OSError):

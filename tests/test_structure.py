@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
     {"schedules"},                                       # files cut into plans
     {"_ring", "_sinks", "_callback", "pipeline"},        # the ring, the callback and the consumer pipeline
     {"simulator", "_linux", "linux", "windows"},   # producers: the simulator and the platform writers
-    {"bench", "cli", "cli_reports", "_entry", "__init__", "__main__"},  # the command line, the package's front
+    {"bench", "cli", "cli_reports", "cli_crash", "cli_ring", "_entry", "__init__", "__main__"},  # the command line, the package's front
 ]
 FORMATS = {"minidump", "trace", "spill"}
 

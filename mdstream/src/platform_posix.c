@@ -736,6 +736,11 @@ int mds_platform_file_identity(const char *path, uint64_t *device, uint64_t *ino
     return MDS_OK;
 }
 
+/* ctime comes from the kernel's coarse clock, a tick (up to 10 ms) behind
+ * CLOCK_REALTIME: a file the consumer wrote after the dump began may look
+ * that much older, a file last changed before it may not pass. */
+#define MDS_CTIME_SLACK_NS 50000000ull
+
 int mds_platform_file_open_registered(const char *path, uint64_t device, uint64_t inode, uint64_t not_before_unix_ns,
                                       intptr_t *file, uint64_t *size, mds_error *err) {
     struct stat st;
@@ -754,7 +759,7 @@ int mds_platform_file_open_registered(const char *path, uint64_t device, uint64_
     /* Every condition is needed: a peer that can write the ring header can
      * name any file; only the consumer's own new partial file passes them all. */
     if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077) != 0 || st.st_nlink != 1 ||
-        (uint64_t)st.st_dev != device || (uint64_t)st.st_ino != inode || changed_ns + 2000000000ull < not_before_unix_ns) {
+        (uint64_t)st.st_dev != device || (uint64_t)st.st_ino != inode || changed_ns + MDS_CTIME_SLACK_NS < not_before_unix_ns) {
         close(fd);
         return mds_set_error(err, MDS_ERR_PERMISSION, 0,
                              "%s is not the consumer's output registered for this dump (owner, mode, links, identity "

@@ -426,7 +426,15 @@ static void write_begin(mds_ring *ring) {
 
 int mds_ring_claim_producer(mds_ring *ring, mds_error *err) {
     int rc;
-    if (ring->prod.claimed) return MDS_OK;
+    if (ring->prod.claimed) {
+        /* This handle began the ring's dump: going on is fine while it is open,
+         * a second dump after it ended or failed is not (one dump per ring). */
+        uint32_t state = mds_load_acquire_u32(&ring->header->state);
+        if (!ring->prod.ended && state == MDS_STATE_OPEN) return MDS_OK;
+        return mds_set_error(err, MDS_ERR_USED, 0,
+                             "ring %s already carried a dump (state %u): a ring carries one dump, use a new ring",
+                             ring->path[0] ? ring->path : "(anonymous)", state);
+    }
     rc = claim(&ring->header->producer_token, &ring->header->producer_pid, MDS_ROLE_PRODUCER, ring, "producer", err);
     if (rc != MDS_OK) return rc;
     {
