@@ -635,13 +635,21 @@ cdef class Ring:
             PyErr_CheckSignals()
 
     def __iter__(self):
-        """Yield batches until the producer finishes (each released after the loop body)."""
+        """Yield batches until the producer finishes (each released after the loop body).
+
+        Leaving the loop (``break``, or an exception in its body) also releases
+        the current batch: a loop cannot tell the two apart.  A consumer whose
+        sink may fail reads with ``with ring.read() as batch:`` instead, which
+        keeps a batch whose block raised for the spill.
+        """
         while True:
             batch = self.read()
             if batch is None:
                 return
-            with batch:
+            try:
                 yield batch
+            finally:
+                batch.release()
 
     cdef int release_range(self, uint64_t start, uint64_t end) except -1:
         # Batches may be released in any order; the shared read position only

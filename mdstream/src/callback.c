@@ -97,6 +97,14 @@ static uint64_t stall_budget(const mds_callback_context *ctx) {
     return deadline == 0 || after < deadline ? after : deadline;
 }
 
+/* The wait for the consumer's commit, with a spill configured: spill_after
+ * (half the deadline by default), whatever the writes' stalls spent. */
+static uint64_t commit_budget(const mds_callback_context *ctx) {
+    uint64_t deadline = ctx->options.deadline_ns;
+    uint64_t after = ctx->options.spill_after_ns ? ctx->options.spill_after_ns : (deadline ? deadline / 2 : 0);
+    return after == 0 ? deadline : (deadline == 0 || after < deadline ? after : deadline);
+}
+
 static uint64_t earlier(uint64_t a, uint64_t b) { return a == 0 ? b : b == 0 ? a : a < b ? a : b; }
 
 /* The dump is over (committed, spilled or failed): let a closing ring go. */
@@ -223,10 +231,12 @@ static BOOL on_io(mds_callback_context *ctx, ULONG type, PMINIDUMP_CALLBACK_INPU
         if (ctx->spill.active) return finish_spill(ctx, output, deadline);
         rc = mds_ring_end(ctx->ring, stall_budget(ctx), &err);
         if (rc == MDS_OK) {
-            /* With a spill, the commit may take what is left of the stall
-             * budget; the spill keeps the rest of the deadline. */
+            /* Committing is work (verify, fsync, rename), not a stall: with a
+             * spill it gets a fresh spill_after (a dead consumer is noticed
+             * at once by its lock), and the spill keeps the rest of the deadline. */
             uint64_t commit_deadline = deadline;
-            if (spill_configured(ctx)) commit_deadline = earlier(deadline, mds_now_ns() + stall_budget(ctx));
+            if (spill_configured(ctx) && commit_budget(ctx))
+                commit_deadline = earlier(deadline, mds_now_ns() + commit_budget(ctx));
             rc = mds_ring_wait_committed(ctx->ring, commit_deadline, &err);
         }
         if (rc == MDS_OK) {

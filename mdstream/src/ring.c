@@ -677,6 +677,7 @@ static int write_records(mds_ring *ring, uint64_t offset, const void *data, uint
     const uint8_t *src = (const uint8_t *)data;
     int first = 1;
     uint32_t state;
+    if (!mds_ring_owned_by_this_process(ring)) return inherited_error(ring, err);
     if (!ring->prod.claimed) {
         int rc = mds_ring_claim_producer(ring, err);
         if (rc != MDS_OK) return rc;
@@ -746,6 +747,7 @@ int mds_ring_end(mds_ring *ring, uint64_t timeout_ns, mds_error *err) {
     mds_record_header *rec;
     mds_end_payload end;
     int rc;
+    if (!mds_ring_owned_by_this_process(ring)) return inherited_error(ring, err);
     if (!ring->prod.claimed) {
         rc = mds_ring_claim_producer(ring, err);
         if (rc != MDS_OK) return rc;
@@ -786,6 +788,7 @@ int mds_ring_end(mds_ring *ring, uint64_t timeout_ns, mds_error *err) {
 int mds_ring_wait_committed(mds_ring *ring, uint64_t deadline_ns, mds_error *err) {
     mds_ring_header *h = ring->header;
     uint64_t next_liveness_check = 0;
+    if (!mds_ring_owned_by_this_process(ring)) return inherited_error(ring, err);
     for (;;) {
         uint32_t state = mds_load_acquire_u32(&h->state), seq;
         uint64_t now;
@@ -831,6 +834,7 @@ int mds_ring_finish(mds_ring *ring, uint64_t timeout_ns, mds_error *err) {
 int mds_ring_abort(mds_ring *ring, int32_t code, const char *reason) {
     mds_ring_header *h = ring->header;
     uint32_t state = mds_load_acquire_u32(&h->state);
+    if (!mds_ring_owned_by_this_process(ring)) return MDS_ERR_CLOSED; /* roles belong to a process */
     for (;;) {
         if (state == MDS_STATE_ABORTING || state == MDS_STATE_ABORTED) return MDS_ERR_ABORTED; /* first abort wins */
         if (state == MDS_STATE_COMMITTED) return MDS_ERR_FINISHED;                             /* too late: it is safe */
@@ -867,6 +871,7 @@ int mds_ring_poll(mds_ring *ring, uint64_t *start, uint64_t *end, mds_error *err
     uint64_t cursor = ring->cons.cursor;
     uint64_t write_pos, wrap;
     uint32_t state;
+    if (!mds_ring_owned_by_this_process(ring)) return inherited_error(ring, err);
     /* A file shrunk under us would turn the next access into SIGBUS. */
     if (mds_platform_check_mapping(ring, err) != MDS_OK) return err->status;
     if (mapping_faulted(ring)) return faulted_status(ring, "consumer", err);
@@ -920,6 +925,7 @@ int mds_ring_take(mds_ring *ring, uint64_t start, uint64_t end, uint64_t *data_r
                   uint64_t *highest_end, mds_error *err) {
     const uint8_t *span = mds_ring_at(ring, start);
     uint64_t span_len = end - start, pos = 0, records = 0, bytes = 0, high = 0;
+    if (!mds_ring_owned_by_this_process(ring)) return inherited_error(ring, err);
     *data_records = *data_bytes = *highest_end = 0;
     if (end < start || span_len > ring->capacity || start != ring->cons.cursor)
         return mds_set_error(err, MDS_ERR_ARG, 0, "take: [%llu, %llu) is not the span at the cursor",
@@ -1059,6 +1065,7 @@ int mds_ring_wait_data(mds_ring *ring, uint64_t timeout_ns, mds_error *err) {
 
 void mds_ring_release(mds_ring *ring, uint64_t new_read_pos) {
     mds_ring_header *h = ring->header;
+    if (!mds_ring_owned_by_this_process(ring)) return;
     if (new_read_pos <= ring->cons.released) return;
     ring->cons.released = new_read_pos;
     mds_store_release_u64(&h->read_pos, new_read_pos);
@@ -1072,6 +1079,7 @@ void mds_ring_release(mds_ring *ring, uint64_t new_read_pos) {
 int mds_ring_set_consumer_output(mds_ring *ring, const char *path, mds_error *err) {
     size_t n = path ? strlen(path) : 0;
     uint64_t device = 0, inode = 0;
+    if (!mds_ring_owned_by_this_process(ring)) return inherited_error(ring, err);
     if (n >= MDS_RING_PATH_SIZE)
         return mds_set_error(err, MDS_ERR_ARG, 0, "consumer output path is %llu bytes (limit %u)",
                              (unsigned long long)n, MDS_RING_PATH_SIZE - 1);
@@ -1094,6 +1102,7 @@ int mds_ring_set_consumer_output(mds_ring *ring, const char *path, mds_error *er
 
 int mds_ring_commit_begin(mds_ring *ring, mds_error *err) {
     uint32_t expected = MDS_STATE_FINISHED;
+    if (!mds_ring_owned_by_this_process(ring)) return inherited_error(ring, err);
     if (!ring->cons.claimed || !ring->cons.seen_end || ring->cons.cursor != mds_load_acquire_u64(&ring->header->write_pos))
         return mds_set_error(err, MDS_ERR_ARG, 0, "commit before the whole dump (up to its END record) was taken");
     if (mds_cas_u32(&ring->header->state, &expected, MDS_STATE_COMMITTING)) return MDS_OK;
@@ -1106,6 +1115,7 @@ int mds_ring_commit(mds_ring *ring, mds_error *err) {
     mds_ring_header *h = ring->header;
     uint32_t expected = MDS_STATE_COMMITTING;
     int rc;
+    if (!mds_ring_owned_by_this_process(ring)) return inherited_error(ring, err);
     if (!mds_cas_u32(&h->state, &expected, MDS_STATE_COMMITTED)) {
         if (expected == MDS_STATE_COMMITTED) return MDS_OK;
         if (expected != MDS_STATE_FINISHED) {
@@ -1123,6 +1133,7 @@ int mds_ring_commit(mds_ring *ring, mds_error *err) {
 }
 
 void mds_ring_release_output(mds_ring *ring) {
+    if (!mds_ring_owned_by_this_process(ring)) return;
     mds_fetch_or_u32(&ring->header->flags, MDS_FLAG_OUTPUT_RELEASED);
     mds_fetch_add_u32(&ring->header->data_event, 1);
     mds_platform_wake_u32(&ring->header->data_event);
@@ -1131,6 +1142,7 @@ void mds_ring_release_output(mds_ring *ring) {
 int mds_ring_wait_output_released(mds_ring *ring, uint64_t timeout_ns) {
     mds_ring_header *h = ring->header;
     uint64_t deadline = mds_now_ns() + timeout_ns, next_liveness_check = 0;
+    if (!mds_ring_owned_by_this_process(ring)) return 0;
     for (;;) {
         uint32_t seq;
         uint64_t now;
