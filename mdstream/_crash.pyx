@@ -47,6 +47,8 @@ cdef extern from "mdstream/crash.h" nogil:
         uint32_t annotations_size
         int python_tracebacks
         int quiet
+        const char *rendezvous
+        uint32_t windows_flags
 
     int mds_crash_install(const mds_crash_config *config, char *error, size_t error_size)
     int mds_crash_uninstall()
@@ -158,3 +160,29 @@ def altstack_release_all(uint32_t timeout_ms=1000):
 def altstack_count():
     """Stacks given to threads by altstack_all_threads and still mapped."""
     return mds_crash_altstack_count()
+
+
+def install_windows(rendezvous, double timeout, uint32_t flags=0, bint quiet=False):
+    """Windows: install mdstream/src/crash_win32.c's handlers (a watcher attaches with mds_watch_attach).
+
+    ``rendezvous``: bytes naming the objects a watcher opens, or None (the pid).  Only called on Windows
+    (on Linux the same C entry point is the signal handler and needs a watcher connection)."""
+    cdef mds_crash_config c
+    cdef char error[256]
+    cdef int rc
+    cdef bytes name = rendezvous if rendezvous is not None else b""
+    if not timeout > 0:
+        raise ValueError("timeout must be a positive number of seconds")
+    memset(&c, 0, sizeof(c))
+    memset(error, 0, sizeof(error))
+    c.sock = -1
+    c.memfd = -1
+    c.timeout_ns = <uint64_t>(timeout * 1e9)
+    c.rendezvous = <const char *>name if rendezvous is not None else NULL
+    c.windows_flags = flags
+    c.quiet = 1 if quiet else 0
+    rc = mds_crash_install(&c, error, sizeof(error))
+    if rc == MDS_CRASH_ERR_UNSUPPORTED:
+        raise NotImplementedError(error.decode("utf-8", "replace"))
+    if rc != MDS_CRASH_OK:
+        raise OSError(error.decode("utf-8", "replace"))

@@ -727,6 +727,12 @@ def test_mingw_headers_msvc_dialect_objects(abi: str, core_builds: dict[str, Cor
     routine = "mds_dump_callback" if abi == "x64" else "_mds_dump_callback@12"
     if routine not in defined_all:
         problems.append(f"{routine} not defined; callback symbols: {sorted(n for n in defined_all if 'callback' in n)}")
+    # Windows crash capture (crash_win32.c) is part of the core: the handler and the watcher's API.
+    prefix = "" if abi == "x64" else "_"
+    for name in ("mds_crash_install", "mds_crash_uninstall", "mds_watch_attach", "mds_watch_wait",
+                 "mds_watch_write_dump", "mds_watch_release"):
+        if prefix + name not in defined_all:
+            problems.append(f"{prefix + name} not defined (mdstream/src/crash_win32.c)")
     assert not problems, "\n".join(problems)
 
 

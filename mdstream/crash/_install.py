@@ -260,6 +260,26 @@ def _after_fork_in_child() -> None:
 # ---- install -----------------------------------------------------------------------------
 
 
+def _install_windows(database: Any, *, annotations: Mapping[str, str] | None, timeout: float,
+                     quiet: bool) -> CrashHandler:
+    """Windows: the C core's handler (mdstream/src/crash_win32.c), rendezvous = this pid.  The dump is
+    written by a watcher that attaches with mds_watch_attach (examples/native_watcher.c) and streams into
+    a ring drained by :func:`mdstream.crash.report_from_ring`; no Python watcher is started (not written
+    yet, see docs/windows.md).  Compile-checked only: these machines have no Windows Python."""
+    global _handler
+    with _install_lock:
+        if _handler is not None and _crash().is_installed():
+            return _handler
+        if not timeout > 0:
+            raise ValueError("timeout must be a positive number of seconds")
+        _crash().install_windows(None, float(timeout), 0, quiet)
+        _handler = CrashHandler(address="", watcher_pid=0, peer_pid=0, database=database, timeout=float(timeout),
+                                hard_timeout=float(timeout), annotations=dict(annotations or {}),
+                                python_tracebacks=False, process=None, threads_covered=(0, 0))
+        return _handler
+
+
+
 def install(
     database: Any = None,
     *,
@@ -292,6 +312,8 @@ def install(
     Calling it again while installed returns the installed handler unchanged.
     """
     global _handler, _fork_hook_registered
+    if sys.platform == "win32":
+        return _install_windows(database, annotations=annotations, timeout=timeout, quiet=quiet)
     linux._check_platform()
     with _install_lock:
         if _handler is not None and _crash().is_installed():

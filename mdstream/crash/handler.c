@@ -36,7 +36,10 @@
 #define MDS_CRASH_SUPPORTED 0
 #endif
 
-#if !MDS_CRASH_SUPPORTED
+#if defined(_WIN32)
+/* Windows: the handler is mdstream/src/crash_win32.c, part of the C core
+ * (native agents get it with mdstream.get_source_files()). */
+#elif !MDS_CRASH_SUPPORTED
 
 int mds_crash_install(const mds_crash_config *config, char *error, size_t error_size) {
     (void)config;

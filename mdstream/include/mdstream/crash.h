@@ -13,7 +13,13 @@
  * the previous handlers and lets the signal take its course (the previous
  * handler, or the default action: the process dies as it would have).
  *
- * Linux only; elsewhere mds_crash_install fails with MDS_CRASH_ERR_UNSUPPORTED. */
+ * Windows (the second half of this header, docs/windows.md "Crash capture"):
+ * the same mds_crash_install / mds_crash_uninstall over mds_crash_config's
+ * Windows fields, and the mds_watch_* API with which another process (the
+ * watcher) waits for the crash and calls MiniDumpWriteDump on it.
+ *
+ * Linux on x86-64 and Windows; elsewhere mds_crash_install fails with
+ * MDS_CRASH_ERR_UNSUPPORTED. */
 #ifndef MDSTREAM_CRASH_H
 #define MDSTREAM_CRASH_H
 
@@ -104,6 +110,11 @@ typedef struct mds_crash_config {
     uint32_t annotations_size;
     int python_tracebacks;      /* call _Py_DumpTracebackThreads into memfd */
     int quiet;                  /* no line on stderr when the report was written */
+    /* Windows only (the fields above are Linux only, except timeout_ns and quiet). */
+    const char *rendezvous;     /* ASCII [A-Za-z0-9._-], at most 64: names the objects a watcher opens
+                                   (Local\\mdstream-crash.NAME.*); NULL: the decimal process id */
+    uint32_t windows_flags;     /* MDS_CRASH_WIN_*; 0: MDS_CRASH_WIN_DEFAULT */
+    uint32_t reserved_windows;
 } mds_crash_config;
 
 /* Installs the handlers (SA_SIGINFO | SA_ONSTACK | SA_NODEFER) for SIGSEGV,
@@ -134,6 +145,153 @@ uint32_t mds_crash_altstack_release_all(uint32_t timeout_ms);
 uint32_t mds_crash_altstack_count(void);
 
 #define MDS_CRASH_ALTSTACK_SIZE (64u << 10)
+
+/* ---- Windows ------------------------------------------------------------------
+ *
+ * In the crashing process (mds_crash_install): an unhandled-exception filter,
+ * the CRT's invalid-parameter and pure-call handlers and a SIGABRT handler
+ * (what Breakpad and Crashpad install), and a vectored handler that only
+ * takes the codes that never reach the filter (heap corruption, a /GS
+ * failure raised as an exception), filtered as CPython's faulthandler does.
+ * The faulting thread claims the crash, stores its EXCEPTION_POINTERS and
+ * thread id in the shared block, wakes the handler thread started at install,
+ * and waits for it with a deadline.  The handler thread signals the watcher
+ * and waits for its answer, for the watcher process to end, or for the
+ * deadline.  Nothing on that path allocates, takes a lock or calls Python;
+ * the dump is written by the watcher, never by the crashed process.
+ *
+ * Objects (created by the process at install, opened by the watcher; the
+ * process's default DACL: the user, SYSTEM, Administrators):
+ *   Local\mdstream-crash.NAME.block    section holding one mds_crash_win_block
+ *   Local\mdstream-crash.NAME.crash    event, process -> watcher: a crash is in the block
+ *   Local\mdstream-crash.NAME.done     event, watcher -> process: the dump is written (or failed)
+ *   Local\mdstream-crash.NAME.attach   event, watcher -> process: watcher_pid is set
+ */
+#define MDS_CRASH_WIN_MAGIC 0x5743444Du   /* "MDCW" */
+#define MDS_CRASH_WIN_VERSION 1u
+#define MDS_CRASH_RENDEZVOUS_MAX 64u
+
+/* windows_flags */
+#define MDS_CRASH_WIN_FILTER 0x1u         /* SetUnhandledExceptionFilter */
+#define MDS_CRASH_WIN_VECTORED 0x2u       /* the vectored handler for codes that bypass the filter */
+#define MDS_CRASH_WIN_CRT 0x4u            /* _set_invalid_parameter_handler, _set_purecall_handler */
+#define MDS_CRASH_WIN_ABORT 0x8u          /* signal(SIGABRT): abort() reports before the CRT exits */
+#define MDS_CRASH_WIN_DEFAULT 0xFu
+
+/* What caught the crash (mds_crash_win_block.kind). */
+enum mds_crash_win_kind {
+    MDS_CRASH_KIND_NONE = 0,
+    MDS_CRASH_KIND_FILTER = 1,
+    MDS_CRASH_KIND_VECTORED = 2,
+    MDS_CRASH_KIND_ABORT = 3,
+    MDS_CRASH_KIND_INVALID_PARAMETER = 4,
+    MDS_CRASH_KIND_PURECALL = 5
+};
+
+/* The exception codes of the crashes that are not exceptions (as Crashpad and
+ * Breakpad report them): abort(), a CRT invalid parameter, a pure call. */
+#define MDS_CRASH_CODE_ABORT 0x40000015u             /* STATUS_FATAL_APP_EXIT */
+#define MDS_CRASH_CODE_INVALID_PARAMETER 0xC000000Du /* STATUS_INVALID_PARAMETER */
+#define MDS_CRASH_CODE_PURECALL 0xC0000025u          /* STATUS_NONCONTINUABLE_EXCEPTION */
+
+/* mds_crash_win_block.state */
+enum mds_crash_win_state {
+    MDS_CRASH_WIN_IDLE = 0,
+    MDS_CRASH_WIN_CRASHED = 1,    /* the process filled the crash fields and signalled .crash */
+    MDS_CRASH_WIN_DUMPING = 2,    /* a watcher took the crash */
+    MDS_CRASH_WIN_DONE = 3        /* the watcher answered (status, report_id, reason) */
+};
+
+/* The block both sides map.  The process writes the crash fields before it
+ * stores state CRASHED (release); the watcher reads them after it loaded
+ * CRASHED (acquire).  A watcher trusts nothing in it: it checks magic,
+ * version, size and pid, reads the exception through ReadProcessMemory and
+ * checks the thread belongs to the process. */
+typedef struct mds_crash_win_block {
+    uint32_t magic;
+    uint32_t version;
+    uint32_t size;                /* sizeof(mds_crash_win_block) */
+    uint32_t pid;                 /* the process that created it */
+    uint32_t pointer_size;        /* sizeof(void *) in the process: its EXCEPTION_POINTERS layout */
+    uint32_t state;               /* mds_crash_win_state */
+    uint32_t watcher_pid;         /* written by the watcher before it sets .attach */
+    uint32_t thread_id;           /* the crashing thread */
+    uint32_t exception_code;
+    uint32_t kind;                /* mds_crash_win_kind */
+    uint64_t exception_pointers;  /* address of the EXCEPTION_POINTERS in the process */
+    uint64_t exception_address;
+    uint64_t timeout_ns;          /* how long the process waits for the watcher */
+    uint32_t status;              /* the watcher's answer: 0 written, else it failed */
+    uint32_t outcome;             /* the process's side, after the wait: mds_crash_win_outcome */
+    char report_id[64];           /* NUL-terminated */
+    char reason[192];             /* NUL-terminated, one line */
+} mds_crash_win_block;
+
+/* How the process's wait ended (mds_crash_win_block.outcome). */
+enum mds_crash_win_outcome {
+    MDS_CRASH_OUTCOME_NONE = 0,
+    MDS_CRASH_OUTCOME_ANSWERED = 1,   /* the watcher set .done */
+    MDS_CRASH_OUTCOME_NO_WATCHER = 2, /* no watcher had attached: nobody to wait for */
+    MDS_CRASH_OUTCOME_WATCHER_GONE = 3, /* the watcher process ended first */
+    MDS_CRASH_OUTCOME_DEADLINE = 4    /* timeout_ns passed */
+};
+
+#ifdef _WIN32
+#include "mdstream/dbghelp.h"
+
+/* Statistics of the process's side, for tests and diagnostics. */
+int mds_crash_win_block_copy(mds_crash_win_block *out);
+
+/* The watcher side.  Everything it reads from the process is checked. */
+typedef struct mds_watch {
+    HANDLE process;               /* PROCESS_QUERY_INFORMATION|VM_READ|DUP_HANDLE|SYNCHRONIZE (+ what DbgHelp needs) */
+    HANDLE section, crash_event, done_event, attach_event;
+    volatile mds_crash_win_block *block;
+    uint32_t pid;
+} mds_watch;
+
+/* One crash, as the watcher verified it. */
+typedef struct mds_watch_crash {
+    uint32_t pid;
+    uint32_t thread_id;
+    uint32_t exception_code;      /* read from the process's EXCEPTION_RECORD */
+    uint32_t kind;
+    uint64_t exception_pointers;  /* for MINIDUMP_EXCEPTION_INFORMATION (ClientPointers TRUE) */
+    uint64_t exception_address;   /* read from the process's EXCEPTION_RECORD */
+} mds_watch_crash;
+
+enum mds_watch_status {
+    MDS_WATCH_OK = 0,
+    MDS_WATCH_TIMEOUT = 1,        /* mds_watch_wait: nothing happened within the timeout */
+    MDS_WATCH_EXITED = 2,         /* mds_watch_wait: the process ended without a crash */
+    MDS_WATCH_ERR_ARG = 3,
+    MDS_WATCH_ERR_SYS = 4,        /* a Windows call failed (the message has GetLastError) */
+    MDS_WATCH_ERR_PROTOCOL = 5,   /* the block or the exception did not check out */
+    MDS_WATCH_ERR_DUMP = 6        /* MiniDumpWriteDump failed */
+};
+
+/* A MiniDumpWriteDump-compatible function (NULL: dbghelp.dll's own). */
+typedef BOOL(WINAPI *mds_minidump_write_fn)(HANDLE process, DWORD pid, HANDLE file, MINIDUMP_TYPE type,
+                                            PMINIDUMP_EXCEPTION_INFORMATION exception,
+                                            PMINIDUMP_USER_STREAM_INFORMATION user_streams,
+                                            PMINIDUMP_CALLBACK_INFORMATION callback);
+
+/* Opens process `pid` and the objects of its rendezvous (NULL: the pid),
+ * checks the block, and tells the process a watcher is there. */
+int mds_watch_attach(mds_watch *w, uint32_t pid, const char *rendezvous, char *error, size_t error_size);
+/* Waits up to timeout_ms (0xFFFFFFFF: no limit) for a crash; on MDS_WATCH_OK
+ * *crash is filled, verified, and the block is DUMPING. */
+int mds_watch_wait(mds_watch *w, uint32_t timeout_ms, mds_watch_crash *crash, char *error, size_t error_size);
+/* MiniDumpWriteDump(process, pid, NULL, type, {thread_id, exception_pointers,
+ * ClientPointers TRUE}, user_streams, callback): the dump goes through
+ * `callback` (mds_dump_callback and its context: the ring). */
+int mds_watch_write_dump(mds_watch *w, const mds_watch_crash *crash, uint32_t dump_type,
+                         PMINIDUMP_USER_STREAM_INFORMATION user_streams, PMINIDUMP_CALLBACK_INFORMATION callback,
+                         mds_minidump_write_fn write_fn, char *error, size_t error_size);
+/* Answers the process (status 0: the report was written), which stops waiting. */
+int mds_watch_release(mds_watch *w, uint32_t status, const char *report_id, const char *reason);
+void mds_watch_close(mds_watch *w);
+#endif /* _WIN32 */
 
 #ifdef __cplusplus
 }
