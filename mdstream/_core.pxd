@@ -206,7 +206,12 @@ cdef extern from "mdstream/span.h" nogil:
         uint8_t *data
         uint64_t size
         uint64_t reserved
+        uint64_t requested
+        uint64_t populated
+        void *helper
     int mds_growbuf_reserve(mds_growbuf *buf, uint64_t size, mds_error *err)
+    int mds_growbuf_populate(mds_growbuf *buf, uint64_t upto, mds_error *err)
+    void mds_growbuf_populate_ahead(mds_growbuf *buf, uint64_t upto)
     int mds_growbuf_prefault(mds_growbuf *buf, mds_error *err)
     void mds_growbuf_free(mds_growbuf *buf)
 

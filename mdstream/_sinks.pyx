@@ -51,10 +51,33 @@ cdef class NullSink:
         return self.highest_end
 
 
+cdef inline uint64_t populate_ahead(uint64_t end) noexcept nogil:
+    # An eighth of the dump so far, 2-32 MiB: few calls on a large dump, little
+    # memory past the end of a small one.
+    cdef uint64_t ahead = end >> 3
+    if ahead < (2 << 20):
+        return 2 << 20
+    if ahead > (32 << 20):
+        return 32 << 20
+    return ahead
+
+
+cdef inline uint64_t helper_ahead(uint64_t end) noexcept nogil:
+    # A quarter of the dump so far, 8-128 MiB: far enough that the copy rarely
+    # catches up with the helper, bounded memory past the end of the dump.
+    cdef uint64_t ahead = end >> 2
+    if ahead < (8 << 20):
+        return 8 << 20
+    if ahead > (128 << 20):
+        return 128 << 20
+    return ahead
+
+
 cdef class MemorySink:
     """Reassembles the dump in memory: last write wins, gaps read as zeros.
 
-    Grows without copying (remapped pages on Linux).  :attr:`array` is a uint8
+    Grows without copying (on Linux a large address-space reservation that
+    fills in place, faulted in ahead of the writer a stretch at a time).  :attr:`array` is a uint8
     numpy view of the dump (zero-copy); :meth:`tobytes` copies it.  The sink
     cannot grow while views of it are alive (``BufferError``), so take views
     after :meth:`finish`.
@@ -110,6 +133,16 @@ cdef class MemorySink:
             if rc != MDS_OK:
                 raise MemoryError(err.message.decode("utf-8", "replace"))
         with nogil:
+            if s.highest_end > self.buf.populated:
+                # A large dump: a helper thread faults pages in ahead, beside
+                # the copy.  A small one (or no helper): a stretch ahead in one
+                # call, cheaper than a fault per page under the copy.
+                mds_growbuf_populate_ahead(&self.buf, s.highest_end + helper_ahead(s.highest_end))
+                if self.buf.helper == NULL:
+                    rc = mds_growbuf_populate(&self.buf, s.highest_end + populate_ahead(s.highest_end), &err)
+                    if rc != MDS_OK:
+                        with gil:
+                            raise MemoryError(err.message.decode("utf-8", "replace"))
             rc = mds_span_apply_memory(batch.span, batch.span_len, self.buf.data, self.buf.size, &err)
         if rc != MDS_OK:
             raise_for(rc, &err)
