@@ -28,6 +28,7 @@ STYLE: dict[str, tuple[str, str, str, str]] = {
     "memcpy/fresh": ("numpy copy, one piece, into fresh memory", "#969696", "--", "."),
     "memcpy/pieces": ("numpy copy, same-sized pieces", "#636363", "--", "x"),
     "pwrite/new-file": ("os.pwrite into /dev/shm", "#a63603", "-.", "v"),
+    "pwrite/1m-pieces": ("os.pwrite in 1 MiB pieces + fsync", "#e6550d", "-.", "^"),
     "peer/multiprocessing.Queue": ("multiprocessing.Queue", "#d95f0e", ":", "^"),
     "peer/faster-fifo": ("faster-fifo", "#fe9929", ":", "<"),
     "peer/ringbuf": ("ringbuf", "#31a354", ":", ">"),

@@ -1,4 +1,4 @@
-# Declarations of the C core's headers (ring.h, span.h, callback.h); no code.
+# Declarations of the C core's headers (ring.h, span.h, filesink.h, callback.h); no code.
 from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t, intptr_t
 
 from mdstream._dbghelp cimport (
@@ -206,9 +206,29 @@ cdef extern from "mdstream/span.h" nogil:
         uint8_t *data
         uint64_t size
         uint64_t reserved
+        uint64_t requested
+        uint64_t populated
+        void *helper
     int mds_growbuf_reserve(mds_growbuf *buf, uint64_t size, mds_error *err)
+    int mds_growbuf_populate(mds_growbuf *buf, uint64_t upto, mds_error *err)
+    void mds_growbuf_populate_ahead(mds_growbuf *buf, uint64_t upto)
     int mds_growbuf_prefault(mds_growbuf *buf, mds_error *err)
     void mds_growbuf_free(mds_growbuf *buf)
+
+
+cdef extern from "mdstream/filesink.h" nogil:
+    ctypedef struct mds_filesink:
+        int fd
+        int mapped
+        uint64_t highest_end
+        uint64_t direct_writes
+        uint64_t mapped_bytes
+        uint64_t maps
+    void mds_filesink_init(mds_filesink *fs, int fd, int use_mapping)
+    int mds_filesink_apply(mds_filesink *fs, const uint8_t *span, uint64_t span_len, mds_error *err)
+    int mds_filesink_write(mds_filesink *fs, uint64_t offset, const uint8_t *data, uint64_t length, mds_error *err)
+    void mds_filesink_unmap(mds_filesink *fs)
+    int mds_filesink_finish(mds_filesink *fs, int durable, mds_error *err)
 
 
 cdef extern from "mdstream/callback.h" nogil:

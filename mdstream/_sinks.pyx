@@ -51,10 +51,33 @@ cdef class NullSink:
         return self.highest_end
 
 
+cdef inline uint64_t populate_ahead(uint64_t end) noexcept nogil:
+    # An eighth of the dump so far, 2-32 MiB: few calls on a large dump, little
+    # memory past the end of a small one.
+    cdef uint64_t ahead = end >> 3
+    if ahead < (2 << 20):
+        return 2 << 20
+    if ahead > (32 << 20):
+        return 32 << 20
+    return ahead
+
+
+cdef inline uint64_t helper_ahead(uint64_t end) noexcept nogil:
+    # A quarter of the dump so far, 8-128 MiB: far enough that the copy rarely
+    # catches up with the helper, bounded memory past the end of the dump.
+    cdef uint64_t ahead = end >> 2
+    if ahead < (8 << 20):
+        return 8 << 20
+    if ahead > (128 << 20):
+        return 128 << 20
+    return ahead
+
+
 cdef class MemorySink:
     """Reassembles the dump in memory: last write wins, gaps read as zeros.
 
-    Grows without copying (remapped pages on Linux).  :attr:`array` is a uint8
+    Grows without copying (on Linux a large address-space reservation that
+    fills in place, faulted in ahead of the writer a stretch at a time).  :attr:`array` is a uint8
     numpy view of the dump (zero-copy); :meth:`tobytes` copies it.  The sink
     cannot grow while views of it are alive (``BufferError``), so take views
     after :meth:`finish`.
@@ -110,6 +133,16 @@ cdef class MemorySink:
             if rc != MDS_OK:
                 raise MemoryError(err.message.decode("utf-8", "replace"))
         with nogil:
+            if s.highest_end > self.buf.populated:
+                # A large dump: a helper thread faults pages in ahead, beside
+                # the copy.  A small one (or no helper): a stretch ahead in one
+                # call, cheaper than a fault per page under the copy.
+                mds_growbuf_populate_ahead(&self.buf, s.highest_end + helper_ahead(s.highest_end))
+                if self.buf.helper == NULL:
+                    rc = mds_growbuf_populate(&self.buf, s.highest_end + populate_ahead(s.highest_end), &err)
+                    if rc != MDS_OK:
+                        with gil:
+                            raise MemoryError(err.message.decode("utf-8", "replace"))
             rc = mds_span_apply_memory(batch.span, batch.span_len, self.buf.data, self.buf.size, &err)
         if rc != MDS_OK:
             raise_for(rc, &err)
@@ -163,17 +196,21 @@ cdef class MemorySink:
 cdef class FileSink:
     """Reassembles the dump into a file at ``path``.
 
-    Each record is applied at its offset (``pwrite``; adjacent records merged
-    into one ``pwritev``) in a private temporary file beside the target, which
-    is fsynced and renamed into place only when the ring finished cleanly.  An
-    aborted dump leaves nothing under the final name; with
-    ``keep_partial=True`` the partial file is kept as ``PATH.partial``.  Files
-    are created 0600 and symlinks are never followed.  The final size is the
-    highest offset + length.  An existing ``path`` is refused
-    (:class:`~mdstream.errors.OutputExistsError`, at construction and again at
-    the rename) unless ``overwrite=True``.
+    Each record is applied at its offset in a private temporary file beside
+    the target, which is fsynced and renamed into place only when the ring
+    finished cleanly.  Small records are copied into a shared mapping of the
+    file (its blocks allocated first, so a full file system is ``ENOSPC``, not
+    ``SIGBUS``) and runs of contiguous records of 4 KiB or more go to the file
+    with ``pwritev``; either way a record is in the file when :meth:`consume`
+    returns (``mdstream/include/mdstream/filesink.h``).  An aborted dump leaves
+    nothing under the final name; with ``keep_partial=True`` the partial file
+    is kept as ``PATH.partial``.  Files are created 0600 and symlinks are never
+    followed.  The final size is the highest offset + length.  An existing
+    ``path`` is refused (:class:`~mdstream.errors.OutputExistsError`, at
+    construction and again at the rename) unless ``overwrite=True``.
     """
     cdef int fd
+    cdef mds_filesink store
     cdef readonly str path
     cdef readonly str temp_path
     cdef readonly bint keep_partial
@@ -181,17 +218,18 @@ cdef class FileSink:
     cdef readonly bint overwrite
     cdef readonly uint64_t records
     cdef readonly uint64_t bytes
-    cdef readonly uint64_t highest_end
     cdef readonly str state
 
     def __cinit__(self):
         self.fd = -1
+        mds_filesink_init(&self.store, -1, 0)
 
-    def __init__(self, path, *, keep_partial=False, fsync=True, overwrite=False):
+    def __init__(self, path, *, keep_partial=False, fsync=True, overwrite=False, _mapping=True):
         self.overwrite = bool(overwrite)
         check_new_output(check_output_name(os.fspath(path)), self.overwrite)
         fd, temp, final = create_private_temp(path, ".mdstream-partial")
         self.fd = fd
+        mds_filesink_init(&self.store, fd, 1 if _mapping else 0)
         self.temp_path = temp
         self.path = final
         self.keep_partial = bool(keep_partial)
@@ -206,15 +244,46 @@ cdef class FileSink:
             raise ValueError(f"FileSink for {self.path} is {self.state}")
         scan_batch(batch, &s)
         with nogil:
-            rc = mds_span_pwrite(batch.span, batch.span_len, self.fd, &err)
+            rc = mds_filesink_apply(&self.store, batch.span, batch.span_len, &err)
         if rc != MDS_OK:
             if rc == MDS_ERR_SYS:
                 raise OSError(err.sys_errno, f"writing {self.path}: {os.strerror(err.sys_errno)}")
             raise_for(rc, &err)
         self.records += s.records
         self.bytes += s.bytes
-        if s.highest_end > self.highest_end:
-            self.highest_end = s.highest_end
+
+    def write(self, offset, data):
+        """Apply one write of ``data`` (bytes-like) at ``offset``, as a record would be."""
+        cdef mds_error err
+        cdef int rc
+        cdef const uint8_t[::1] view
+        cdef uint64_t off
+        if self.fd < 0 or self.state != "open":
+            raise ValueError(f"FileSink for {self.path} is {self.state}")
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        off = offset
+        view = memoryview(data).cast("B")
+        with nogil:
+            rc = mds_filesink_write(&self.store, off, &view[0] if view.shape[0] else &EMPTY_BYTE,
+                                    <uint64_t>view.shape[0], &err)
+        if rc != MDS_OK:
+            if rc == MDS_ERR_SYS:
+                raise OSError(err.sys_errno, f"writing {self.path}: {os.strerror(err.sys_errno)}")
+            raise_for(rc, &err)
+        self.records += 1
+        self.bytes += <uint64_t>view.shape[0]
+
+    @property
+    def highest_end(self):
+        return self.store.highest_end
+
+    @property
+    def storage(self):
+        """How the records reached the file: ``mapped`` (small writes through the
+        mapping), ``direct_writes`` (pwritev calls), ``mapped_bytes``, ``maps``."""
+        return {"mapped": bool(self.store.mapped), "direct_writes": self.store.direct_writes,
+                "mapped_bytes": self.store.mapped_bytes, "maps": self.store.maps}
 
     def prepare(self):
         """First half of :meth:`finish`: size the partial file and make it durable (fsync).
@@ -222,25 +291,24 @@ cdef class FileSink:
         A consumer committing through a ring calls this, then
         ``Ring.begin_commit()``, then :meth:`publish`.
         """
+        cdef mds_error err
+        cdef int rc
+        cdef int durable = 1 if self.durable else 0
         if self.fd < 0:
             raise ValueError(f"FileSink for {self.path} is {self.state}")
         if self.state == "prepared":
             return
-        try:
-            if os.fstat(self.fd).st_size != self.highest_end:
-                os.ftruncate(self.fd, self.highest_end)
-            if self.durable:
-                os.fsync(self.fd)
-        except OSError as exc:
-            raise OSError(exc.errno, f"finishing {self.path}: {exc.strerror}") from None
+        with nogil:
+            rc = mds_filesink_finish(&self.store, durable, &err)
+        if rc != MDS_OK:
+            raise OSError(err.sys_errno, f"finishing {self.path}: {os.strerror(err.sys_errno)}")
         self.state = "prepared"
 
     def publish(self):
         """Second half of :meth:`finish`: rename the durable partial file into place; returns the final path."""
         if self.state != "prepared":
             self.prepare()
-        os.close(self.fd)
-        self.fd = -1
+        self._close()
         try:
             publish(self.temp_path, self.path, self.overwrite)
         except OutputExistsError as exc:
@@ -260,19 +328,26 @@ cdef class FileSink:
         self.prepare()
         return self.publish()
 
-    def detach(self):
-        """Close without removing the partial file (a spilling producer still needs it)."""
+    cdef _close(self):
+        mds_filesink_unmap(&self.store)
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+            self.store.fd = -1
+
+    def detach(self):
+        """Close without removing the partial file (a spilling producer still needs it)."""
+        self._close()
         if self.state in ("open", "prepared"):
             self.state = "detached"
 
     def abort(self, error=None):
         """Drop the partial file (or keep it as ``PATH.partial`` if asked)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        cdef mds_error err
+        if self.keep_partial and self.fd >= 0 and self.state == "open":
+            # Mapped segments are allocated whole: cut the kept file to the dump's size.
+            mds_filesink_finish(&self.store, 0, &err)
+        self._close()
         if self.state not in ("open", "prepared"):
             return
         self.state = "aborted"
@@ -286,9 +361,10 @@ cdef class FileSink:
 
     @property
     def size(self):
-        return self.highest_end
+        return self.store.highest_end
 
     def __dealloc__(self):
+        mds_filesink_unmap(&self.store)
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

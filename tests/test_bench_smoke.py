@@ -44,8 +44,11 @@ def test_quick_run_reports_rss_and_targets(quick_results):
     assert rss["dump_bytes"] == rss["file_bytes"] == bench.RSS_DUMP_BYTES[1]
     assert rss["peak_rss"] > 0 and rss["budget"] == bench.RING_CAPACITY + bench.RSS_BUDGET_EXTRA
     names = [t["target"] for t in quick_results["targets"]]
-    assert len(names) == 7
+    assert len(names) == 14  # issue 5's 7, and issue 14's FileSink (4) and fresh MemorySink (3) targets
     assert "1k into MemorySink (prefaulted): x best peer" in names
+    assert "tiny into FileSink: M writes/s" in names
+    assert any(n.startswith("1m into FileSink (fsync included)") for n in names)
+    assert "64k into MemorySink (no size hint): x numpy fresh-memory copy" in names
     assert all(t["met"] in (True, False, None) for t in quick_results["targets"])
     json.dumps(quick_results)  # JSON-ready
 

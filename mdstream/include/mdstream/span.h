@@ -47,17 +47,29 @@ int mds_trace_writer_span(mds_trace_writer *w, const uint8_t *span, uint64_t spa
 int mds_trace_writer_flush(mds_trace_writer *w, mds_error *err);
 void mds_trace_writer_free(mds_trace_writer *w);
 
-/* A zero-filled byte buffer that grows without copying where the system
- * allows it (mremap on Linux) and geometrically elsewhere. */
+/* A zero-filled byte buffer that grows without copying: on Linux a large
+ * address-space reservation that grows in place (mremap beyond it), realloc
+ * elsewhere. */
 typedef struct mds_growbuf {
     uint8_t *data;
     uint64_t size;       /* bytes the user sees */
-    uint64_t reserved;   /* bytes mapped/allocated */
+    uint64_t reserved;   /* bytes mapped/allocated (address space, not memory, on Linux) */
+    uint64_t requested;  /* the largest size ever asked of reserve() */
+    uint64_t populated;  /* bytes from the start known to be faulted in */
+    struct mds_growbuf_helper *helper; /* the prefault thread, or NULL */
+    int helper_failed;
 } mds_growbuf;
 int mds_growbuf_reserve(mds_growbuf *buf, uint64_t size, mds_error *err);
-/* Fault in every reserved page now (zero-filled), so that filling the buffer
- * later costs no page faults: a crash agent pays this at start-up, not while
- * the dumped process is suspended. */
+/* Fault in the pages up to `upto` now, in one call (MADV_POPULATE_WRITE), so
+ * that filling them costs no page faults: a consumer does this just ahead of
+ * where it writes. */
+int mds_growbuf_populate(mds_growbuf *buf, uint64_t upto, mds_error *err);
+/* Ask a helper thread (started on first use, for buffers past 16 MiB, on
+ * more than one CPU) to fault pages in up to `upto` while the caller copies;
+ * never blocks on it.  Stopped by mds_growbuf_free. */
+void mds_growbuf_populate_ahead(mds_growbuf *buf, uint64_t upto);
+/* Fault in every page up to the largest size reserved: a crash agent pays
+ * this at start-up, not while the dumped process is suspended. */
 int mds_growbuf_prefault(mds_growbuf *buf, mds_error *err);
 void mds_growbuf_free(mds_growbuf *buf);
 
