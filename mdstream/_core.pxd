@@ -142,6 +142,7 @@ cdef extern from "mdstream/ring.h" nogil:
     void mds_ring_end_use(mds_ring *ring)
     int mds_ring_role_alive(mds_ring *ring, int role)
     int mds_ring_probe_stale(const char *name, int *stale, uint32_t *creator_pid, mds_error *err)
+    int mds_ring_remove_stale(const char *name, int *removed, mds_error *err)
     int mds_ring_claim_producer(mds_ring *ring, mds_error *err)
     void mds_ring_set_producer_options(mds_ring *ring, int coalesce, uint64_t publish_bytes)
     int mds_ring_write(mds_ring *ring, uint64_t offset, const void *data, uint64_t length,

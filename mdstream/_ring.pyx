@@ -244,7 +244,8 @@ cdef class Ring:
 
     @property
     def state(self):
-        """``"open"``, ``"finished"`` or ``"aborted"``."""
+        """``"open"``, ``"finished"`` (the END record is in), ``"committing"``,
+        ``"committed"`` (the consumer's sinks are done) or ``"aborted"``."""
         self.check_mapped()
         return _STATE_NAMES.get(mds_ring_state(&self.c), "unknown")
 
@@ -752,6 +753,23 @@ cdef class Ring:
             raise_for(err.status, &err)
         return bool(stale), creator
 
+    @staticmethod
+    def remove_stale(name_or_path):
+        """Remove the ring file at ``name_or_path`` if it is stale; True if it was removed.
+
+        Only the very file found stale goes: a ring that someone created or
+        reclaimed under that name meanwhile holds its creator lock and is left
+        alone.  Raises as :meth:`probe_stale` does.
+        """
+        cdef mds_error err
+        cdef int removed = 0
+        encoded = os.fsencode(name_or_path)
+        if b"\0" in encoded or not encoded:
+            raise ValueError(f"bad ring name {name_or_path!r}")
+        if mds_ring_remove_stale(encoded, &removed, &err) != MDS_OK:
+            raise_for(err.status, &err)
+        return bool(removed)
+
     def __repr__(self):
         if not self.mapped:
             return "<mdstream.Ring closed>"
@@ -848,7 +866,7 @@ cdef class Batch:
         """Stop tracking the batch without releasing it: its records were not stored.
 
         A consumer whose sink failed must not hand the space back: the records
-        stay before ``read_pos``, where a spilling producer finds them
+        stay at or after ``read_pos``, where a spilling producer finds them
         (docs/ring-format.md, "Release means stored").
         """
         if self.is_released:

@@ -447,6 +447,13 @@ def _output_fields(path: str, progress: ProgressBar | None = None) -> dict[str, 
             "sha256": _sha256(path, bool(progress and progress.enabled))}
 
 
+def _wrote_line(fields: dict[str, Any]) -> str:
+    """The summary line for an output (a stream has no mode: its bytes went to the reader)."""
+    where = "standard output" if fields["output"] == "-" else fields["output"]
+    mode = f", mode {fields['mode']}" if fields.get("mode") is not None else " (streamed)"
+    return f"wrote {where}: {fields['size']:,} bytes{mode}, sha256 {fields['sha256']}"
+
+
 def _note_stream(sink: Any) -> None:
     """A stream's bytes are gone once written: keep its size and digest for the summary."""
     from mdstream.pipeline import StreamSink
@@ -571,7 +578,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         f"replayed {args.source} ({'its recorded writes' if kind == 'trace' else schedule + ' schedule'}) "
         f"through the DbgHelp callback in {result.seconds:.3f} s ({_fmt_rate(result.gbps)}; "
         f"{_plural(result.records, 'ring record')}): {result.summary()}",
-        f"wrote {payload['output']}: {payload['size']:,} bytes, mode {payload['mode']}, sha256 {payload['sha256']}",
+        _wrote_line(payload),
     ]
     if args.trace:
         lines.append(f"trace {payload['trace']}: {_plural(result.records, 'record')} (MDTRACE1)")
@@ -663,7 +670,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
     lines = [
         f"drained ring {args.ring} in {result.seconds:.3f} s ({_fmt_rate(result.gbps)}; "
         f"{_plural(result.records, 'ring record')}): {result.summary()}",
-        f"wrote {payload['output']}: {payload['size']:,} bytes, mode {payload['mode']}, sha256 {payload['sha256']}",
+        _wrote_line(payload),
     ]
     _emit(args, payload, lines)
     return 0
@@ -935,7 +942,7 @@ def cmd_spill_finish(args: argparse.Namespace) -> int:
               else f"does NOT parse as a minidump: {result['minidump_problem']}")
     _emit(args, result, [
         f"finished spill {result['spill']}: {how}",
-        f"wrote {result['output']}: {result['size']:,} bytes, mode {result['mode']}, sha256 {result['sha256']}; "
+        _wrote_line(result) + "; "
         f"{parses}",
     ])
     return 0

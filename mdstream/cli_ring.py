@@ -90,18 +90,13 @@ def cmd_clean(args: argparse.Namespace) -> int:
             kept.append(ring["path"])
             continue
         if not args.dry_run:
-            # Only the very file that was found stale, and only if it is still stale:
-            # Ring.create(replace_stale=True) re-checks under the creator's lock.
+            # Only the very file that was found stale, re-checked under its creator lock.
             try:
-                still_stale, _ = Ring.probe_stale(ring["path"])
+                if not Ring.remove_stale(ring["path"]):
+                    if os.path.lexists(ring["path"]):
+                        kept.append(ring["path"])
+                    continue
             except errors.MdstreamError:
-                continue
-            if not still_stale:
-                kept.append(ring["path"])
-                continue
-            try:
-                os.unlink(ring["path"])
-            except FileNotFoundError:
                 continue
         removed.append(ring["path"])
     verb = "would remove" if args.dry_run else "removed"

@@ -139,7 +139,7 @@ def _frozen_extents(value: Any) -> Extents:
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class SpillManifest:
-    """The contents of a ``.mdspill`` manifest (version 1), every header field by name.
+    """The contents of a ``.mdspill`` manifest (version 2; version 1 is still read), every header field by name.
 
     ``extents`` is a read-only numpy array of shape ``(extent_count, 2)``,
     dtype ``uint64``: one ``(offset, length)`` row per extent, in the order
@@ -537,7 +537,7 @@ def _minidump_check(fd: int, size: int) -> tuple[bool, str | None]:
     from mdstream.minidump import MinidumpFormatError, NotAMinidumpError, read_info
 
     if size == 0:
-        return False, "not a minidump: empty file"
+        return False, "empty file"
     try:
         mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as exc:  # e.g. the file shrank since its size was taken

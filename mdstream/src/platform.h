@@ -47,6 +47,8 @@ int mds_platform_role_alive(const mds_ring *ring, unsigned lock_byte);
 uint64_t mds_platform_fork_generation(void);
 /* Inspect a ring file without mapping it (mds_ring_probe_stale). */
 int mds_platform_probe_stale(const char *name, int *stale, uint32_t *creator_pid, mds_error *err);
+/* Remove the ring file at name if it is stale, and only that file (mds_ring_remove_stale). */
+int mds_platform_remove_stale(const char *name, int *removed, mds_error *err);
 
 /* ---- Consumer output (the spill's base) -------------------------------------- */
 /* Identity of the regular file at path (not through a symlink). */

@@ -399,12 +399,15 @@ static int check_room(const char *path, size_t map_size, mds_error *err) {
     return MDS_OK;
 }
 
-/* A stale ring under path: remove it, but only the file we inspected, and
+/* A stale ring under name: remove it, but only the file we inspected, and
  * only if no other reclaimer got to it first (we hold its creator lock). */
-static int remove_stale(const char *path, mds_error *err) {
+int mds_platform_remove_stale(const char *name, int *removed, mds_error *err) {
+    char path[512];
     int stale = 0, fd, rc;
     uint32_t creator = 0;
     struct stat fst, lst;
+    *removed = 0;
+    if (resolve_path(name, path, sizeof path, err) != MDS_OK) return err->status;
     rc = mds_platform_probe_stale(path, &stale, &creator, err);
     if (rc != MDS_OK) return rc;
     if (!stale) return MDS_OK;
@@ -413,11 +416,12 @@ static int remove_stale(const char *path, mds_error *err) {
 #ifdef HAVE_OFD_LOCKS
     if (ofd_lock(fd, MDS_LOCK_CREATOR, F_WRLCK, F_OFD_SETLK, NULL) != 0 && errno != EINVAL) {
         close(fd);
-        return MDS_OK; /* someone holds it after all: the create below reports EEXIST */
+        return MDS_OK; /* someone holds it after all: a new ring, not ours to remove */
     }
 #endif
-    if (fstat(fd, &fst) == 0 && lstat(path, &lst) == 0 && fst.st_dev == lst.st_dev && fst.st_ino == lst.st_ino)
-        (void)unlink(path);
+    if (fstat(fd, &fst) == 0 && lstat(path, &lst) == 0 && fst.st_dev == lst.st_dev && fst.st_ino == lst.st_ino &&
+        unlink(path) == 0)
+        *removed = 1;
     close(fd);
     return MDS_OK;
 }
@@ -512,14 +516,14 @@ int mds_platform_map_create(mds_ring *ring, const char *name, size_t map_size, i
         ring->registry_node = NULL;
         return MDS_OK;
     } else {
-        int fd, rc;
+        int fd, rc, removed;
         char temp[600];
         struct stat st;
         if (resolve_path(name, ring->path, sizeof ring->path, err) != MDS_OK) return err->status;
         snprintf(ring->name, sizeof ring->name, "%s", name);
         if (lstat(ring->path, &st) == 0) {
             if (!replace_stale) return exists_error(ring->path, err);
-            if ((rc = remove_stale(ring->path, err)) != MDS_OK) return rc;
+            if ((rc = mds_platform_remove_stale(ring->path, &removed, err)) != MDS_OK) return rc;
         }
         if (check_room(ring->path, map_size, err) != MDS_OK) return err->status;
         fd = open_unnamed(ring->path, temp, sizeof temp, err);

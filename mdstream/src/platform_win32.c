@@ -962,6 +962,23 @@ int mds_platform_probe_stale(const char *name, int *stale, uint32_t *creator_pid
     return MDS_OK;
 }
 
+int mds_platform_remove_stale(const char *name, int *removed, mds_error *err) {
+    char path[512];
+    name_kind kind;
+    WCHAR wide[MAX_PATH + 64];
+    int stale = 0;
+    uint32_t creator = 0;
+    *removed = 0;
+    if (resolve_name(name, path, sizeof path, &kind, err) != MDS_OK) return err->status;
+    if (kind == NAME_SECTION) return MDS_OK; /* a named section goes with its last handle */
+    if (mds_platform_probe_stale(path, &stale, &creator, err) != MDS_OK) return err->status;
+    if (!stale) return MDS_OK;
+    if (to_wide(path, wide, (int)(sizeof wide / sizeof wide[0]), err) != MDS_OK) return err->status;
+    /* No live holder by pid (Windows rings take no locks): the creator check in map_create does the same. */
+    *removed = DeleteFileW(wide) ? 1 : 0;
+    return MDS_OK;
+}
+
 int mds_platform_path_is_absolute(const char *path) {
     return (((path[0] | 0x20) >= 'a' && (path[0] | 0x20) <= 'z') && path[1] == ':' && (path[2] == '\\' || path[2] == '/')) ||
            (path[0] == '\\' && path[1] == '\\');

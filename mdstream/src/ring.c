@@ -368,6 +368,10 @@ int mds_ring_probe_stale(const char *name, int *stale, uint32_t *creator_pid, md
     return mds_platform_probe_stale(name, stale, creator_pid, err);
 }
 
+int mds_ring_remove_stale(const char *name, int *removed, mds_error *err) {
+    return mds_platform_remove_stale(name, removed, err);
+}
+
 static int claim(uint64_t *token_field, uint32_t *pid_field, int role, mds_ring *ring, const char *role_name,
                  mds_error *err) {
     uint64_t expected = 0;

@@ -367,7 +367,8 @@ int mds_spill_finish(mds_callback_context *ctx, uint64_t deadline_ns, mds_error 
         if (s->flags & MDS_SPILL_BASE_COPY)
             rc = mds_set_error(err, MDS_ERR_TIMEOUT, 0,
                                "the spill is incomplete: copying the consumer's part (%llu of %llu bytes) did not "
-                               "finish before the deadline; %s holds it",
+                               "finish before the deadline (the consumer's output %s held it: `mdstream spill finish --base` "
+                               "can use it while it exists)",
                                (unsigned long long)s->base_copied, (unsigned long long)s->base_length, s->base_path);
         else
             rc = mds_set_error(err, MDS_ERR_PERMISSION, 0,

@@ -300,6 +300,9 @@ int mds_ring_role_alive(mds_ring *ring, int role);
 /* Inspect the ring file at name without attaching: *stale = 1 when it is an
  * mdstream ring of this user that no live process holds. */
 int mds_ring_probe_stale(const char *name, int *stale, uint32_t *creator_pid, mds_error *err);
+/* Remove the ring file at name if it is stale (as mds_ring_probe_stale says), and only the very file
+ * inspected: a ring someone created or reclaimed meanwhile is left alone.  *removed says whether it went. */
+int mds_ring_remove_stale(const char *name, int *removed, mds_error *err);
 
 /* ---- Producer (any thread, no Python, no allocation) ---------------------- */
 
