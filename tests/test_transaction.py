@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import errno
 import hashlib
+import json
 import mmap
 import os
 import random
@@ -174,7 +175,10 @@ def kill_round(tmp_path: Path, plan: WritePlan, expected: str, *, sig: int, with
     consumer = drain_process(ring_path, output)
     try:
         wait_for_consumer(ring, consumer)
-        callback = mdstream.DumpCallback(ring, deadline=20, spill_path=spill, spill_after=2.0 if spill else None)
+        # A stopped consumer is alive: only the deadline (or the spill's stall budget) ends the wait.
+        deadline = 2.0 if sig == signal.SIGSTOP else 20
+        callback = mdstream.DumpCallback(ring, deadline=deadline, spill_path=spill,
+                                         spill_after=(1.0 if sig == signal.SIGSTOP else 2.0) if spill else None)
         sim = start_simulation(callback, plan)
         if phase == "streaming":
             share = rng.uniform(0.05, 0.95)
@@ -188,6 +192,8 @@ def kill_round(tmp_path: Path, plan: WritePlan, expected: str, *, sig: int, with
         except ProcessLookupError:
             pass
         sim.wait(HANG_GUARD)
+        if sig == signal.SIGSTOP:
+            os.kill(consumer.pid, signal.SIGCONT)
         _, err = finish_consumer(consumer)
         outcome = check_invariant(sim, callback, ring, output, spill, expected, work)
         if sig == signal.SIGTERM and consumer.returncode not in (0,):
@@ -221,7 +227,7 @@ def run_kill_loop(tmp_path, plan_and_digest, sig, with_spill, rounds):
 
 
 @pytest.mark.parametrize("with_spill", [True, False], ids=["spill", "no-spill"])
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGSTOP], ids=["SIGKILL", "SIGTERM", "SIGSTOP"])
 def test_success_means_committed_consumer_killed(tmp_path, plan_and_digest, sig, with_spill):
     counts = run_kill_loop(tmp_path, plan_and_digest, sig, with_spill, rounds=2)
     assert sum(counts.values()) == 2
@@ -229,13 +235,119 @@ def test_success_means_committed_consumer_killed(tmp_path, plan_and_digest, sig,
 
 @pytest.mark.extended
 @pytest.mark.parametrize("with_spill", [True, False], ids=["spill", "no-spill"])
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGSTOP], ids=["SIGKILL", "SIGTERM", "SIGSTOP"])
 def test_success_means_committed_kill_loop(tmp_path, plan_and_digest, sig, with_spill):
     counts = run_kill_loop(tmp_path, plan_and_digest, sig, with_spill, rounds=KILL_ROUNDS)
     phases = {p for p, _ in counts}
     assert phases == {"streaming", "finishing"}, counts
-    if with_spill:
+    # A stopped consumer may have renamed its output just before it stopped: the spill cannot prove
+    # that copy is this dump's, so the producer may answer failure (the dump is under its final name).
+    if with_spill and sig != signal.SIGSTOP:
         assert all(o != "failed" for _, o in counts), counts
+
+
+# --------------------------------------------------------------------------
+# 1 (other side). the producer killed or stopped at random points
+# --------------------------------------------------------------------------
+
+
+PRODUCER = """
+import json, sys, time
+import mdstream
+from mdstream._callback import Simulation
+from mdstream.schedules import sized_plan
+ring = mdstream.Ring.attach(sys.argv[1])
+plan = sized_plan(1024, int(sys.argv[2]), seed=12)
+callback = mdstream.DumpCallback(ring, deadline=float(sys.argv[3]))
+sim = Simulation(callback.routine_address, callback.param_address, plan.buffer, plan.offsets, plan.lengths,
+                 plan.sources, keepalive=callback)
+print("attached", flush=True)
+sim.start()
+sim.wait(120)
+print(json.dumps({"succeeded": bool(sim.succeeded), "failure": callback.failure and hex(callback.failure[0])}),
+      flush=True)
+"""
+
+
+def producer_kill_round(tmp_path: Path, expected: str, *, sig: int, rng: random.Random,
+                        round_no: int, phase: str) -> str:
+    """Kill (or stop) the dumped process's side; the consumer must publish the exact dump or nothing."""
+    work = tmp_path / f"p{round_no}"
+    work.mkdir()
+    ring_path, output = work / "ring", work / "out.dmp"
+    ring = mdstream.Ring.create(str(ring_path), RING_BYTES)
+    # A stopped producer is alive: the consumer's idle timeout is what ends the wait.
+    consumer = drain_process(ring_path, output, "--timeout", "2")
+    producer = subprocess.Popen([sys.executable, "-c", PRODUCER, str(ring_path), str(DUMP_BYTES), "3"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_consumer(ring, consumer)
+        assert producer.stdout.readline().strip() == b"attached", producer.communicate()
+        if phase == "streaming":
+            share = rng.uniform(0.02, 0.9)
+            wait_until(lambda: ring.write_position >= DUMP_BYTES * share or producer.poll() is not None
+                       or consumer.poll() is not None, "the kill point")
+        else:  # around the END record: the consumer verifies, fsyncs and renames
+            wait_until(lambda: ring.write_position >= DUMP_BYTES or producer.poll() is not None
+                       or consumer.poll() is not None, "the last write")
+            time.sleep(rng.uniform(0, 0.02))
+        try:
+            os.kill(producer.pid, sig)
+        except ProcessLookupError:
+            pass
+        out, err = finish_consumer(consumer)
+        assert b"Traceback" not in err, err
+        if sig == signal.SIGSTOP:
+            os.kill(producer.pid, signal.SIGCONT)
+        p_out, p_err = producer.communicate(timeout=HANG_GUARD)
+        leftovers = sorted(p.name for p in work.iterdir() if p.name not in ("ring", "out.dmp"))
+        assert not leftovers, f"the consumer left {leftovers}"
+        if output.exists():
+            # Published means the whole dump, verified against its END record: never a prefix.
+            assert consumer.returncode == 0, err
+            assert sha256_of(output) == expected, "a partial or wrong dump was published"
+            assert stat.S_IMODE(output.stat().st_mode) == 0o600
+            outcome = "published"
+        else:
+            assert consumer.returncode != 0, (out, err)
+            outcome = "nothing"
+        if p_out.strip().startswith(b"{"):
+            told = json.loads(p_out.strip().splitlines()[-1])
+            # A producer that survived (stopped, then continued) heard success only if the dump is there.
+            if told["succeeded"]:
+                assert outcome == "published", (told, err)
+        ring.close(timeout=5)
+    finally:
+        reap(consumer)
+        reap(producer)
+    shutil.rmtree(work, ignore_errors=True)
+    return outcome
+
+
+def run_producer_kill_loop(tmp_path, plan_and_digest, sig, rounds):
+    _, expected = plan_and_digest
+    rng = random.Random(f"producer-{sig}-{os.getpid()}")
+    counts: collections.Counter = collections.Counter()
+    first = rng.randrange(2)
+    for i in range(rounds):
+        phase = ["streaming", "finishing"][(first + i) % 2]
+        counts[(phase, producer_kill_round(tmp_path, expected, sig=sig, rng=rng, round_no=i, phase=phase))] += 1
+    print(f"\nproducer kill loop {signal.Signals(sig).name}: {rounds} rounds, "
+          + ", ".join(f"{p}/{o}={n}" for (p, o), n in sorted(counts.items())))
+    return counts
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGSTOP], ids=["SIGKILL", "SIGTERM", "SIGSTOP"])
+def test_producer_killed_publishes_the_dump_or_nothing(tmp_path, plan_and_digest, sig):
+    counts = run_producer_kill_loop(tmp_path, plan_and_digest, sig, rounds=2)
+    assert sum(counts.values()) == 2
+
+
+@pytest.mark.extended
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGSTOP], ids=["SIGKILL", "SIGTERM", "SIGSTOP"])
+def test_producer_kill_loop(tmp_path, plan_and_digest, sig):
+    counts = run_producer_kill_loop(tmp_path, plan_and_digest, sig, rounds=KILL_ROUNDS)
+    assert {p for p, _ in counts} == {"streaming", "finishing"}, counts
 
 
 def test_rename_failure_is_not_success(tmp_path, plan_and_digest):
