@@ -314,3 +314,56 @@ def test_cython_module_cimports_the_shipped_pxd(tmp_path: Path, ring_name: str) 
     for offset, data in writes:
         expected[offset:offset + len(data)] = data
     assert memory.tobytes() == bytes(expected)
+
+
+def test_native_consumer_refuses_an_existing_output(consumer: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mine.dmp"
+    out.write_bytes(b"a dump you already had")
+    proc = subprocess.run([str(consumer), "--create", "8192", _unique_name(), str(out)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "File exists" in proc.stderr, proc.stderr
+    assert out.read_bytes() == b"a dump you already had"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.dmp"]
+
+
+def test_native_consumer_killed_leaves_what_the_spill_needs(consumer: Path, tmp_path: Path) -> None:
+    """The C consumer names its private output in the ring and stores each record before releasing
+    it: killed halfway, the producer's spill copies that file and is complete on its own."""
+    import hashlib
+    import signal
+
+    import mdstream.spill
+    from mdstream._callback import Simulation
+    from mdstream.schedules import sized_plan
+
+    plan = sized_plan(1024, 16 << 20, seed=5)
+    expected = hashlib.sha256(plan.apply()).hexdigest()
+    ring_path, out, spill = tmp_path / "ring", tmp_path / "out.dmp", tmp_path / "spill.dmp"
+    ring = mdstream.Ring.create(str(ring_path), 1 << 20)
+    drainer = subprocess.Popen([str(consumer), str(ring_path), str(out)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        until = time.monotonic() + 30
+        while ring.consumer_pid == 0:
+            assert drainer.poll() is None and time.monotonic() < until, drainer.communicate()
+            time.sleep(0.001)
+        callback = mdstream.DumpCallback(ring, deadline=20, spill_path=spill, spill_after=2.0)
+        sim = Simulation(callback.routine_address, callback.param_address, plan.buffer, plan.offsets,
+                         plan.lengths, plan.sources, keepalive=callback)
+        sim.start()
+        while callback.bytes_written < plan.total_bytes // 2:
+            time.sleep(0.0005)
+        os.kill(drainer.pid, signal.SIGKILL)
+        sim.wait(120)
+        assert sim.done and sim.succeeded, callback.failure
+        info = callback.spill
+        assert info["finished"] and info["complete"] and info["base_bytes"] > 0, info
+        finished = tmp_path / "finished.dmp"
+        mdstream.spill.finish(spill, finished)  # no --base: the spill holds the consumer's part
+        assert hashlib.sha256(finished.read_bytes()).hexdigest() == expected
+        ring.close(timeout=5)
+    finally:
+        if drainer.poll() is None:
+            drainer.kill()
+        drainer.wait()
+    assert not out.exists()
