@@ -13,7 +13,8 @@
  * the ring (mds_ring_set_consumer_output) so that a producer that has to spill
  * can copy the part already released; a record is released only once it is in
  * that file (pwrite, no stdio buffer).  At the end: fsync, commit_begin, link
- * to the final name (never replacing an existing file), commit.  After a
+ * to the final name (never replacing an existing file), commit, then remove the
+ * temporary name.  After a
  * failure the temporary file is kept until the producer no longer needs it.
  *
  * Build: cc -std=gnu11 -O2 -I"$INC" examples/native_consumer.c $SRC -pthread -o native_consumer
@@ -126,8 +127,9 @@ static int output_publish(output *out) {
     char dir[OUT_PATH_SIZE];
     char *slash;
     int dfd;
+    /* The temporary name stays until the commit: a producer that spills because this
+     * process died in between still finds the consumer's part there. */
     if (link(out->temp, out->final) != 0) return -1;
-    (void)unlink(out->temp);
     snprintf(dir, sizeof dir, "%s", out->final);
     slash = strrchr(dir, '/');
     if (slash) *(slash == dir ? slash + 1 : slash) = '\0';
@@ -160,7 +162,7 @@ int main(int argc, char **argv) {
     mds_ring ring;
     mds_error err;
     output out;
-    int i, rc, status = 1, published = 0;
+    int i, rc, status = 1;
 
     for (i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--create") == 0 && i + 1 < argc) capacity = strtoull(argv[++i], NULL, 0);
@@ -215,7 +217,6 @@ int main(int argc, char **argv) {
                 mds_ring_abort(&ring, (int32_t)0x80004005L, "native consumer: cannot publish the output");
                 break;
             }
-            published = 1;
             rc = mds_ring_commit(&ring, &err);
             if (rc == MDS_OK) status = 0;
             break;
@@ -255,11 +256,10 @@ int main(int argc, char **argv) {
         mds_ring_release(&ring, end); /* stored: the producer may reuse the space now */
     }
     output_close(&out);
-    if (!published) {
-        /* A spilling producer may be copying the partial file: keep it until it no longer needs it. */
-        (void)mds_ring_wait_output_released(&ring, 60ull * 1000000000ull);
-        (void)remove(out.temp);
-    }
+    /* After a failure a spilling producer may be copying the partial file: keep it until it no
+     * longer needs it.  Published, the file is also the output: only its temporary name goes. */
+    if (status != 0) (void)mds_ring_wait_output_released(&ring, 60ull * 1000000000ull);
+    (void)remove(out.temp);
     if (status == 0)
         printf("native_consumer: %llu bytes in %llu records, dump size %llu\n", (unsigned long long)bytes,
                (unsigned long long)records, (unsigned long long)size);

@@ -106,8 +106,11 @@ def check_new_output(final: str, overwrite: bool) -> None:
         raise exists_error(final)
 
 
-def publish(temp: str, final: str, overwrite: bool) -> None:
+def publish(temp: str, final: str, overwrite: bool, keep_temp: bool = False) -> bool:
     """Move the finished temporary file to ``final``; without ``overwrite``, never replace anything.
+
+    ``keep_temp``: leave ``temp`` linked beside ``final`` (the caller removes it
+    later); returns whether it is still there.
 
     Raises :class:`~mdstream.errors.OutputExistsError` if ``final`` exists (it
     may have appeared while the output was written); ``temp`` is then left in
@@ -115,7 +118,7 @@ def publish(temp: str, final: str, overwrite: bool) -> None:
     """
     if overwrite:
         os.replace(temp, final)  # replaces a symlink at ``final`` itself, never its target
-        return
+        return False
     try:
         # link() fails if ``final`` exists, atomically: no window for a file or symlink to appear.
         os.link(temp, final, follow_symlinks=False)
@@ -128,5 +131,8 @@ def publish(temp: str, final: str, overwrite: bool) -> None:
         if os.path.lexists(final):
             raise exists_error(final) from None
         os.replace(temp, final)
-        return
+        return False
+    if keep_temp:
+        return True
     os.unlink(temp)
+    return False

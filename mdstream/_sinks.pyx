@@ -304,13 +304,19 @@ cdef class FileSink:
             raise OSError(err.sys_errno, f"finishing {self.path}: {os.strerror(err.sys_errno)}")
         self.state = "prepared"
 
-    def publish(self):
-        """Second half of :meth:`finish`: rename the durable partial file into place; returns the final path."""
+    def publish(self, *, keep_temp=False):
+        """Second half of :meth:`finish`: rename the durable partial file into place; returns the final path.
+
+        ``keep_temp=True`` (``drain()`` between ``begin_commit`` and ``commit``):
+        the partial file stays linked beside the output until
+        :meth:`release_temp`, so a producer that spills because this consumer
+        died before its commit still finds the whole dump's consumer part.
+        """
         if self.state != "prepared":
             self.prepare()
         self._close()
         try:
-            publish(self.temp_path, self.path, self.overwrite)
+            kept = publish(self.temp_path, self.path, self.overwrite, keep_temp)
         except OutputExistsError as exc:
             self.state = "aborted"  # abort() must not remove the only copy of this dump
             raise OutputExistsError(exc.errno, f"{self.path} appeared while the dump was being written; "
@@ -320,8 +326,18 @@ cdef class FileSink:
             raise OSError(exc.errno, f"cannot put the dump in place at {self.path}: {exc.strerror}") from None
         if self.durable:
             fsync_directory(os.path.dirname(self.path))
-        self.state = "finished"
+        self.state = "published" if kept else "finished"
         return self.path
+
+    def release_temp(self):
+        """After the commit: remove the partial file's second name (the output keeps the data)."""
+        if self.state != "published":
+            return
+        self.state = "finished"
+        try:
+            os.unlink(self.temp_path)
+        except FileNotFoundError:
+            pass
 
     def finish(self):
         """Size, fsync and rename into place; returns the final path."""
@@ -348,6 +364,9 @@ cdef class FileSink:
             # Mapped segments are allocated whole: cut the kept file to the dump's size.
             mds_filesink_finish(&self.store, 0, &err)
         self._close()
+        if self.state == "published":  # the output is in place; only its second name goes
+            self.release_temp()
+            return
         if self.state not in ("open", "prepared"):
             return
         self.state = "aborted"

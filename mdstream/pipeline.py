@@ -8,11 +8,14 @@ GIL, so Python is entered once per batch.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 from mdstream import errors
 from mdstream._ring import Batch, Ring
@@ -379,11 +382,12 @@ def _add_note(exc: BaseException, note: str) -> None:
         add(note)
 
 
-def _commit(ring: Ring, sinks: Sequence[Sink]) -> list[Any]:
+def _commit(ring: Ring, sinks: Sequence[Sink]) -> tuple[list[Any], list[int]]:
     """Make every sink durable, confirm the producer still waits, publish, commit.
 
     Two-phase sinks publish their output only after ``begin_commit`` succeeded,
     so a producer that gave up at its deadline never sees a dump appear later.
+    Returns the sinks' results and the interrupts held during the commit.
     """
     results: list[Any] = []
     for sink in sinks:
@@ -392,12 +396,45 @@ def _commit(ring: Ring, sinks: Sequence[Sink]) -> list[Any]:
             results.append(None)
         else:
             results.append(sink.finish())
-    ring.begin_commit()
-    for i, sink in enumerate(sinks):
-        if _two_phase(sink):
-            results[i] = sink.publish()  # type: ignore[attr-defined]
-    ring.commit()
-    return results
+    with _interrupts_deferred() as pending:
+        ring.begin_commit()
+        for i, sink in enumerate(sinks):
+            if isinstance(sink, FileSink):
+                # Its partial file keeps its name until the commit: a producer that spills
+                # because this process died in between can still copy it.
+                results[i] = sink.publish(keep_temp=True)
+            elif _two_phase(sink):
+                results[i] = sink.publish()  # type: ignore[attr-defined]
+        ring.commit()
+    for sink in sinks:
+        if isinstance(sink, FileSink):
+            sink.release_temp()
+    return results, pending
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[list[int]]:
+    """Hold Ctrl-C and SIGTERM while the output goes under its final name and the commit follows.
+
+    Interrupted in between, the output would be published while the producer,
+    told of a failure, spills without it: neither side would hold the whole dump
+    for sure.  The window is a rename and a compare-and-swap; a signal that
+    arrives in it is delivered right after (only the main thread can hold them).
+    """
+    pending: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
+    previous = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is None:  # installed outside Python: cannot be put back
+                continue
+            previous[signum] = signal.signal(signum, lambda n, _frame: pending.append(n))
+        yield pending
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def drain(
@@ -482,10 +519,12 @@ def drain(
         _fail(ring, sink_list, exc, abort_code, registered, output_wait)
         raise
     try:
-        outputs = _commit(ring, sink_list)
+        outputs, interrupts = _commit(ring, sink_list)
     except BaseException as exc:
         _fail(ring, sink_list, exc, abort_code, registered, output_wait)
         raise
+    for signum in interrupts:  # the dump is committed and safe: now the interrupt may end the program
+        signal.raise_signal(signum)
     seconds = time.perf_counter() - started
     if progress is not None:
         progress(Progress(state.bytes, state.records, writes() if writes else state.records, seconds, expected_bytes))

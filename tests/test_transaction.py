@@ -1053,3 +1053,88 @@ except errors.MdstreamError as exc:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD)
     assert done.returncode == 0, (done.returncode, done.stderr)
     assert done.stdout.startswith("error"), done.stdout
+
+
+def test_an_interrupt_while_publishing_is_held_until_the_commit(tmp_path):
+    """Ctrl-C/SIGTERM between begin_commit and commit would publish the output while the producer,
+    told of a failure, spills without it.  drain() holds the interrupt for that window and delivers
+    it once the dump is committed."""
+    ring = mdstream.Ring.create(None, 1 << 16)
+    out = tmp_path / "out.dmp"
+    told: dict = {}
+
+    class InterruptedWhilePublishing:
+        def __init__(self) -> None:
+            self.inner = mdstream.FileSink(str(out))
+
+        def consume(self, batch):
+            self.inner.consume(batch)
+
+        def prepare(self):
+            return self.inner.prepare()
+
+        def publish(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here unless it is held
+            return self.inner.publish()
+
+        def finish(self):
+            return self.inner.finish()
+
+        def abort(self, exc=None):
+            self.inner.abort(exc)
+
+    def produce():
+        try:
+            ring.write(0, b"MDMP" + bytes(4092))
+            ring.finish(timeout=30)
+            told["result"] = "committed"
+        except Exception as exc:  # noqa: BLE001 - recorded for the assertion
+            told["result"] = repr(exc)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    with pytest.raises(KeyboardInterrupt):
+        mdstream.drain(ring, [InterruptedWhilePublishing()], timeout=30)
+    producer.join(30)
+    assert told["result"] == "committed", told
+    assert ring.state == "committed"
+    assert out.read_bytes() == b"MDMP" + bytes(4092)
+    ring.close()
+
+
+DIES_AFTER_PUBLISHING = """
+import os, signal, sys
+import mdstream
+
+class DiesAfterPublishing(mdstream.FileSink):
+    def publish(self, *, keep_temp=False):
+        path = super().publish(keep_temp=keep_temp)
+        os.kill(os.getpid(), signal.SIGKILL)  # the output is in place, the commit never comes
+        return path
+
+ring = mdstream.Ring.attach(sys.argv[1])
+mdstream.drain(ring, [DiesAfterPublishing(sys.argv[2])], timeout=60)
+"""
+
+
+def test_consumer_dead_between_publishing_and_commit_leaves_a_complete_spill(tmp_path, plan_and_digest):
+    """The output is under its final name but the commit never came: the producer must not fail.
+    The partial file keeps its temporary name until the commit, so the spill copies it and is complete."""
+    plan, expected = plan_and_digest
+    ring_path, output, spill = tmp_path / "ring", tmp_path / "out.dmp", tmp_path / "spill.dmp"
+    ring = mdstream.Ring.create(str(ring_path), RING_BYTES)
+    consumer = subprocess.Popen([sys.executable, "-c", DIES_AFTER_PUBLISHING, str(ring_path), str(output)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_consumer(ring, consumer)
+        callback = mdstream.DumpCallback(ring, deadline=20, spill_path=spill, spill_after=2.0)
+        sim = start_simulation(callback, plan)
+        sim.wait(HANG_GUARD)
+        finish_consumer(consumer)
+        assert consumer.returncode == -signal.SIGKILL
+        assert check_invariant(sim, callback, ring, output, spill, expected, tmp_path) == "spilled"
+        assert sha256_of(output) == expected  # and the published copy is whole too
+        ring.close(timeout=5)
+    finally:
+        reap(consumer)

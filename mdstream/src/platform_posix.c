@@ -761,8 +761,10 @@ int mds_platform_file_open_registered(const char *path, uint64_t device, uint64_
     }
     changed_ns = (uint64_t)st.st_ctim.tv_sec * 1000000000ull + (uint64_t)st.st_ctim.tv_nsec;
     /* Every condition is needed: a peer that can write the ring header can
-     * name any file; only the consumer's own new partial file passes them all. */
-    if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077) != 0 || st.st_nlink != 1 ||
+     * name any file; only the consumer's own new partial file passes them all.
+     * Two links: a consumer that died between publishing (link to the final
+     * name) and its commit; the identity still pins its own inode. */
+    if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077) != 0 || st.st_nlink > 2 ||
         (uint64_t)st.st_dev != device || (uint64_t)st.st_ino != inode || changed_ns + MDS_CTIME_SLACK_NS < not_before_unix_ns) {
         close(fd);
         return mds_set_error(err, MDS_ERR_PERMISSION, 0,

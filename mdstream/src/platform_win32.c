@@ -868,7 +868,7 @@ int mds_platform_file_open_registered(const char *path, uint64_t device, uint64_
     if (h == INVALID_HANDLE_VALUE) return err->status;
     if (!GetFileInformationByHandle(h, &info) || !GetFileInformationByHandleEx(h, FileBasicInfo, &basic, sizeof basic) ||
         !GetFileSizeEx(h, &length) ||
-        (info.dwFileAttributes & (FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_REPARSE_POINT)) || info.nNumberOfLinks != 1 ||
+        (info.dwFileAttributes & (FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_REPARSE_POINT)) || info.nNumberOfLinks > 2 ||
         info.dwVolumeSerialNumber != device || (((uint64_t)info.nFileIndexHigh << 32) | info.nFileIndexLow) != inode ||
         filetime_unix_ns(basic.ChangeTime.QuadPart) + 2000000000ull < not_before_unix_ns) {
         CloseHandle(h);
