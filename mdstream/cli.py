@@ -1183,7 +1183,14 @@ class Terminated(KeyboardInterrupt):
 def _terminate_like_interrupt() -> Any:
     import signal
 
+    owner = os.getpid()
+
     def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:
+            # A forked child (the bench's peer producers): end as SIGTERM ends a process, no traceback.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         raise Terminated()
 
     if threading.current_thread() is not threading.main_thread():

@@ -1065,3 +1065,26 @@ def test_progress_shows_planning_from_the_start():
     with bar.phase("planning"):
         pass
     assert quick.getvalue() == ""  # quick work prints nothing
+
+
+FORKED_CHILD_TERMINATED = """
+import os, signal, sys, time
+from mdstream import cli
+cli._terminate_like_interrupt()
+pid = os.fork()
+if pid == 0:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+    os._exit(7)
+_, status = os.waitpid(pid, 0)
+print(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM)
+"""
+
+
+def test_sigterm_in_a_forked_child_ends_it_without_a_traceback():
+    """`mdstream bench` forks peer producers and terminates them: the CLI's SIGTERM handler is
+    the parent's, a child must end as SIGTERM ends a process, not print a Terminated traceback."""
+    proc = subprocess.run([sys.executable, "-c", FORKED_CHILD_TERMINATED], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True" and "Traceback" not in proc.stderr, (proc.stdout, proc.stderr)
