@@ -6,8 +6,8 @@ path, a directory, a pipe, a socket or a device (a FIFO such as ``<(cat x.dmp)``
 could be read only once and would hang a second open; ``/dev/zero`` never
 ends).  Errors name the path as it was given, never a resolved or temporary
 name.  :func:`map_file` gives a file's bytes as a read-only array,
-:func:`read_with_room` reads a file into a writable array with scratch space
-after it.
+:func:`read_with_room` gives a file's bytes as a writable (copy-on-write)
+array with scratch space after it.
 """
 
 from __future__ import annotations
@@ -94,14 +94,25 @@ def map_file(path: PathLike, what: str = "file") -> npt.NDArray[np.uint8]:
 
 
 def read_with_room(path: PathLike, extra: int, what: str = "file") -> tuple[npt.NDArray[np.uint8], int]:
-    """Read the file into a new array with ``extra`` zero bytes of scratch after it.
+    """The file's bytes in a writable array with ``extra`` zero bytes of scratch after it.
 
-    Returns the array and the file size (where the scratch starts).  The file
-    is read straight into place: no second copy of a multi-GB dump.
+    Returns the array and the file size (where the scratch starts).  Where the
+    system can, the file is mapped privately (copy-on-write: writing the array
+    never changes the file, and nothing is copied until a page is read), so a
+    multi-GB dump is ready at once; elsewhere it is read straight into place.
+    As with :func:`map_file`, a file truncated by another process while it is
+    mapped is outside what mdstream guards against.
     """
     fd = open_input(path, what)
     with os.fdopen(fd, "rb", buffering=0) as f:
         size = os.fstat(fd).st_size
+        if size:
+            try:
+                from mdstream._mapping import map_private_with_room
+
+                return np.frombuffer(map_private_with_room(fd, size, extra), dtype=np.uint8), size
+            except OSError:
+                pass  # not mappable here (Windows, a file system without mmap): read it
         buf = np.empty(size + extra, dtype=np.uint8)
         view = buf.data
         got = 0

@@ -465,3 +465,53 @@ def test_synthetic_plan_dispatch() -> None:
         schedules.sized_plan(0, 100)
     with pytest.raises(ScheduleError, match="max_size"):
         schedules.tiny_plan(10, min_size=8, max_size=4)
+
+
+# ---------------------------------------------------------------------------
+# the source as a private mapping (read_with_room)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 3 * 4096 + 17])
+@pytest.mark.parametrize("room", [0, 1, 32, 4096, 10_000])
+def test_read_with_room_is_the_file_then_zeros_and_never_writes_the_file(tmp_path: Path, size: int,
+                                                                         room: int) -> None:
+    from mdstream._files import read_with_room
+
+    raw = np.random.default_rng(size + room).integers(0, 256, size, dtype=np.uint8).tobytes()
+    src = tmp_path / "src.bin"
+    src.write_bytes(raw)
+    buf, got = read_with_room(src, room)
+    assert got == size and buf.size == size + room and buf.flags.writeable
+    assert buf[:size].tobytes() == raw
+    assert not buf[size:].any()                 # the room reads as zeros, also inside the file's last page
+    buf[:] = 0xA5                               # write everything: the file and the room
+    assert buf[size:].tobytes() == b"\xa5" * room
+    assert src.read_bytes() == raw              # copy-on-write: the file never changes
+    del buf
+
+
+def test_read_with_room_falls_back_to_reading_where_it_cannot_map(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from mdstream import _files, _mapping
+
+    def refuse(fd: int, size: int, room: int) -> Any:
+        raise OSError(19, "no mmap here")
+
+    monkeypatch.setattr(_mapping, "map_private_with_room", refuse)
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"minidump bytes")
+    buf, got = _files.read_with_room(src, 5)
+    assert got == 14 and buf.tobytes() == b"minidump bytes" + bytes(5)
+
+
+@pytest.mark.parametrize("schedule", ["writer", "shuffled"])
+def test_a_mapped_plan_outlives_its_file(tmp_path: Path, schedule: str) -> None:
+    """The plan keeps its pages when the source is unlinked, and changes the source not at all."""
+    built = helpers.build_dump(seed=2)
+    src = tmp_path / "a.dmp"
+    src.write_bytes(built.data)
+    plan = plan_for(src, schedule)
+    assert src.read_bytes() == built.data       # the placeholder header and the garbage went to the room
+    src.unlink()
+    assert plan.apply().tobytes() == built.data

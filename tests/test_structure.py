@@ -27,7 +27,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mdstream"
 
 #: Lowest first.  A module may import modules of its own layer or a lower one.
 LAYERS: list[set[str]] = [
-    {"errors", "_private_files", "_files", "dbghelp", "_dbghelp_layout", "sample"},  # foundation
+    {"errors", "_private_files", "_files", "_mapping", "dbghelp", "_dbghelp_layout", "sample"},  # foundation
     {"plan"},                                            # the write list every format and schedule shares
     {"minidump", "trace", "spill"},                      # file formats
     {"schedules"},                                       # files cut into plans

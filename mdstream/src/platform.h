@@ -78,6 +78,15 @@ int mds_platform_file_pwrite(intptr_t file, const void *data, uint64_t length, u
 int mds_platform_file_extend(intptr_t file, uint64_t size, mds_error *err);
 int mds_platform_file_sync(intptr_t file, mds_error *err);
 void mds_platform_file_close(intptr_t file);
+/* ---- Input files ------------------------------------------------------------
+ * The `size` bytes of the open file `file`, mapped privately (copy-on-write:
+ * writes never reach the file), followed by at least `room` writable zero
+ * bytes, as one contiguous range: a multi-GB dump is replayed from its pages
+ * instead of being copied first.  MDS_ERR_ARG where the system cannot
+ * (Windows: the caller reads instead).  Free with mds_platform_unmap_private. */
+int mds_platform_map_private_with_room(intptr_t file, uint64_t size, uint64_t room, void **mapping,
+                                       uint64_t *mapping_size, mds_error *err);
+void mds_platform_unmap_private(void *mapping, uint64_t mapping_size);
 /* An absolute path on this system? */
 int mds_platform_path_is_absolute(const char *path);
 uint64_t mds_platform_realtime_ns(void); /* ns since the Unix epoch */

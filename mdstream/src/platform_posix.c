@@ -729,6 +729,42 @@ void mds_platform_file_close(intptr_t file) {
     if (file >= 0) close((int)file);
 }
 
+int mds_platform_map_private_with_room(intptr_t file, uint64_t size, uint64_t room, void **mapping,
+                                       uint64_t *mapping_size, mds_error *err) {
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t file_part, room_part, total;
+    void *base;
+    *mapping = NULL;
+    *mapping_size = 0;
+    if (size > (uint64_t)SIZE_MAX / 2 || room > (uint64_t)SIZE_MAX / 2)
+        return mds_set_error(err, MDS_ERR_ARG, 0, "cannot map %llu + %llu bytes", (unsigned long long)size,
+                             (unsigned long long)room);
+    file_part = (size + page - 1) / page * page;
+    room_part = (room + page - 1) / page * page;
+    total = file_part + room_part;
+    if (total == 0) total = page;
+    /* Reserve the whole range as zero pages, then lay the file over its
+     * start: the tail of the file's last page reads as zeros too, so the
+     * room begins right at `size`. */
+    base = mmap(NULL, (size_t)total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED)
+        return mds_set_error(err, MDS_ERR_SYS, errno, "cannot reserve %llu bytes: %s", (unsigned long long)total,
+                             strerror(errno));
+    if (file_part && mmap(base, (size_t)file_part, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE,
+                          (int)file, 0) == MAP_FAILED) {
+        int saved = errno;
+        munmap(base, (size_t)total);
+        return mds_set_error(err, MDS_ERR_SYS, saved, "cannot map the file: %s", strerror(saved));
+    }
+    *mapping = base;
+    *mapping_size = total;
+    return MDS_OK;
+}
+
+void mds_platform_unmap_private(void *mapping, uint64_t mapping_size) {
+    if (mapping != NULL && mapping_size) munmap(mapping, (size_t)mapping_size);
+}
+
 int mds_platform_path_is_absolute(const char *path) { return path[0] == '/'; }
 
 int mds_platform_file_identity(const char *path, uint64_t *device, uint64_t *inode, mds_error *err) {

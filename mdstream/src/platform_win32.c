@@ -979,6 +979,23 @@ int mds_platform_remove_stale(const char *name, int *removed, mds_error *err) {
     return MDS_OK;
 }
 
+/* A file view followed by more pages at a fixed address needs placeholder
+ * mappings (Windows 10 1803+); the caller reads the file instead. */
+int mds_platform_map_private_with_room(intptr_t file, uint64_t size, uint64_t room, void **mapping,
+                                       uint64_t *mapping_size, mds_error *err) {
+    (void)file;
+    (void)size;
+    (void)room;
+    *mapping = NULL;
+    *mapping_size = 0;
+    return mds_set_error(err, MDS_ERR_ARG, 0, "private file mappings with room are not supported here");
+}
+
+void mds_platform_unmap_private(void *mapping, uint64_t mapping_size) {
+    (void)mapping;
+    (void)mapping_size;
+}
+
 int mds_platform_path_is_absolute(const char *path) {
     return (((path[0] | 0x20) >= 'a' && (path[0] | 0x20) <= 'z') && path[1] == ':' && (path[2] == '\\' || path[2] == '/')) ||
            (path[0] == '\\' && path[1] == '\\');
