@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/ptrace.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -463,6 +464,22 @@ static int push_region(mdl_region **list, size_t *n, size_t *cap, uint64_t start
     return 0;
 }
 
+#define HUGE_ALIGN ((size_t)2 << 20)
+
+/* A buffer for `size` bytes of the target's memory.  A full dump copies every
+ * mapping while the target is stopped, into memory that is new: 2 MiB pages
+ * (where the kernel gives them) take one fault and one zeroing per 2 MiB
+ * instead of per 4 KiB, which shortens the stop.  Freed with free(). */
+static uint8_t *region_buffer(size_t size) {
+    void *p = NULL;
+    if (size < 2 * HUGE_ALIGN) return (uint8_t *)malloc(size);
+    if (posix_memalign(&p, HUGE_ALIGN, size) != 0) return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(p, size & ~(HUGE_ALIGN - 1), MADV_HUGEPAGE);
+#endif
+    return (uint8_t *)p;
+}
+
 /* Reads [start, end) into one or more regions, splitting around unreadable
  * pages. */
 static int read_into_regions(reader *r, uint64_t start, uint64_t end, mdl_region **list, size_t *n, size_t *cap,
@@ -470,7 +487,7 @@ static int read_into_regions(reader *r, uint64_t start, uint64_t end, mdl_region
     uint64_t pos = start;
     while (pos < end) {
         uint64_t want = end - pos;
-        uint8_t *data = (uint8_t *)malloc(want);
+        uint8_t *data = want <= SIZE_MAX ? region_buffer((size_t)want) : NULL;
         size_t got;
         if (data == NULL) return -1;
         got = read_memory(r, pos, data, want);
