@@ -2,6 +2,8 @@ from typing import Any, Sequence
 
 STATUS_NAMES: dict[int, str]
 
+def read_pass(pid: int, ranges: Sequence[tuple[int, int]]) -> tuple[int, float]: ...
+
 class Snapshot:
     @staticmethod
     def take(

@@ -98,6 +98,8 @@ cdef extern from "linuxdump.h" nogil:
 
     int mdl_snapshot_thread(const mdl_snapshot *snap, size_t i, mdl_thread_info *out)
     void mdl_snapshot_free(mdl_snapshot *snap)
+    int mdl_read_pass(uint32_t pid, const uint64_t *starts, const uint64_t *sizes, size_t n, uint64_t *bytes,
+                      uint64_t *elapsed_ns, mdl_error *err)
 
     ctypedef struct mdl_piece:
         uint64_t offset
@@ -155,6 +157,28 @@ cdef int raise_error(int status, mdl_error *err) except -1:
     from mdstream import errors
     message = err.message.decode("utf-8", "replace")
     raise errors.linux_dump_error(int(status), int(err.sys_errno), message)
+
+
+def read_pass(pid, ranges):
+    """One ``process_vm_readv`` pass over ``ranges`` (``(start, size)`` pairs) of the
+    running process ``pid`` into one reused buffer: the benchmark's reference for a
+    full dump.  Returns ``(bytes read, seconds)``."""
+    import numpy as np
+
+    cdef uint64_t[::1] starts = np.ascontiguousarray([int(r[0]) for r in ranges], dtype=np.uint64)
+    cdef uint64_t[::1] sizes = np.ascontiguousarray([int(r[1]) for r in ranges], dtype=np.uint64)
+    cdef size_t n = starts.shape[0]
+    cdef uint64_t got = 0, elapsed = 0
+    cdef uint32_t c_pid = pid
+    cdef mdl_error err
+    cdef int rc
+    if n == 0:
+        return 0, 0.0
+    with nogil:
+        rc = mdl_read_pass(c_pid, &starts[0], &sizes[0], n, &got, &elapsed, &err)
+    if rc != MDL_OK:
+        raise_error(rc, &err)
+    return int(got), elapsed / 1e9
 
 
 cdef class Snapshot:

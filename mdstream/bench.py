@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -1178,6 +1179,101 @@ def add_ratios(workload_result: dict[str, Any]) -> None:
         v["x_best_peer"] = v["mwps"] / peers[best]["mwps"] if best else None
 
 
+#: The --full dump measurement: this much memory touched in the target (full, quick), rounds (full, quick).
+LINUX_FULL_BYTES = (500 * MiB, 32 * MiB)
+LINUX_FULL_ROUNDS = (5, 1)
+
+_FULL_TARGET_CODE = (
+    "import sys, numpy as np\n"
+    "data = np.empty({size}, dtype=np.uint8)\n"
+    "data[:] = np.arange(data.size, dtype=np.uint64).astype(np.uint8)  # every page touched, not zero\n"
+    "print('ready', flush=True)\n"
+    "sys.stdin.read()  # until the benchmark closes our stdin\n"
+)
+
+
+def _memory64_ranges(path: str) -> list[tuple[int, int]]:
+    """The (address, size) pairs of a minidump's Memory64List: what a full dump copied."""
+    with open(path, "rb") as f:
+        header = f.read(32)
+        _sig, _ver, count, dir_rva = struct.unpack_from("<IIII", header)
+        f.seek(dir_rva)
+        directory = f.read(12 * count)
+        for i in range(count):
+            stype, _size, rva = struct.unpack_from("<III", directory, 12 * i)
+            if stype == 9:  # Memory64ListStream
+                f.seek(rva)
+                n, _base = struct.unpack("<QQ", f.read(16))
+                raw = f.read(16 * n)
+                return [struct.unpack_from("<QQ", raw, 16 * k) for k in range(n)]
+    return []
+
+
+def measure_linux_full(quick: bool = False, *, directory: str | None = None, rounds: int | None = None,
+                       log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The Linux writer's ``--full`` dump of a process with ``LINUX_FULL_BYTES`` touched,
+    into a FileSink, against one ``process_vm_readv`` pass over the very ranges the
+    dump holds (into one reused buffer).  Per round: end-to-end seconds, the
+    target's stopped seconds, and the pass's seconds."""
+    from mdstream import FileSink
+    from mdstream import linux as linux_writer
+    from mdstream._linux import read_pass
+
+    log = log or (lambda message: None)
+    size = LINUX_FULL_BYTES[1 if quick else 0]
+    n_rounds = rounds or LINUX_FULL_ROUNDS[1 if quick else 0]
+    directory = directory or scratch_dir()
+    child = subprocess.Popen([sys.executable, "-c", _FULL_TARGET_CODE.format(size=size)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        if child.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the target process did not start")
+        out: dict[str, Any] = {"touched_bytes": size, "end_to_end_seconds": [], "stopped_seconds": [],
+                               "readv_seconds": [], "directory": directory}
+        ranges: list[tuple[int, int]] = []
+        for r in range(n_rounds):
+            path = os.path.join(directory, _unique("full.dmp"))
+            recycle_free_memory(2 * size + RECYCLE_SLACK)  # the dump's buffers and its file are fresh memory
+            t0 = time.perf_counter()
+            result = linux_writer.write_dump(child.pid, FileSink(path), full=True)
+            elapsed = time.perf_counter() - t0
+            try:
+                if not ranges:
+                    ranges = _memory64_ranges(path)
+                    out["dump_bytes"] = os.path.getsize(path)
+                    out["memory_bytes"] = sum(n for _a, n in ranges)
+            finally:
+                os.unlink(path)
+            figures = result.to_dict()
+            read_bytes, read_seconds = read_pass(child.pid, ranges)
+            out["readv_bytes"] = read_bytes
+            out["end_to_end_seconds"].append(elapsed)
+            out["stopped_seconds"].append(float(figures.get("stopped_seconds") or 0.0))
+            out["readv_seconds"].append(read_seconds)
+            log(f"[linux --full] round {r + 1}/{n_rounds}: {out['dump_bytes'] / MiB:,.0f} MiB dump in "
+                f"{elapsed * 1e3:.0f} ms (target stopped {out['stopped_seconds'][-1] * 1e3:.0f} ms); "
+                f"process_vm_readv pass {read_seconds * 1e3:.0f} ms")
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    e2e = statistics.median(out["end_to_end_seconds"])
+    readv = statistics.median(out["readv_seconds"])
+    out["median_end_to_end_s"] = e2e
+    out["median_stopped_s"] = statistics.median(out["stopped_seconds"])
+    out["median_readv_s"] = readv
+    # Rates, since the pass reads the memory ranges and the dump also writes its metadata.
+    out["end_to_end_gbps"] = out["memory_bytes"] / e2e / 1e9 if e2e else None
+    out["readv_gbps"] = out["readv_bytes"] / readv / 1e9 if readv else None
+    out["status"] = "ok"
+    return out
+
+
 def _case_value(results: dict[str, Any], workload: str, key: str, field_name: str) -> float | None:
     case = results.get("workloads", {}).get(workload, {}).get("cases", {}).get(key)
     if not case or case.get("status") != "ok":
@@ -1226,6 +1322,14 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         fresh = _case_value(results, name, "memcpy/fresh", "gbps")
         add(f"{name} into MemorySink (no size hint): x numpy fresh-memory copy",
             ms / fresh if ms and fresh else None, 0.8, "x")
+    full = results.get("linux_full") or {}
+    if full.get("status") == "ok":
+        ratio = (full["end_to_end_gbps"] / full["readv_gbps"]
+                 if full.get("end_to_end_gbps") and full.get("readv_gbps") else None)
+        add("Linux writer --full into FileSink: x one process_vm_readv pass", ratio, 0.5, "x",
+            f"{full['memory_bytes'] / MiB:,.0f} MiB of memory; target stopped "
+            f"{full['median_stopped_s'] * 1e3:.0f} ms of {full['median_end_to_end_s'] * 1e3:.0f} ms; "
+            f"FileSink in {full.get('directory')}")
     rss = results.get("rss") or {}
     if rss.get("budget"):
         growth = rss.get("streaming_growth")
@@ -1242,7 +1346,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run(quick: bool = False, *, workloads: Sequence[str] | None = None, peers: bool = True, rss: bool = True,
-        rounds: int | None = None, directory: str | None = None, pin: bool = True,
+        linux_full: bool = True, rounds: int | None = None, directory: str | None = None, pin: bool = True,
         log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every workload with every case (rounds interleaved, so drift hits all cases alike)
     and the RSS check; return a JSON-ready dict (``format_table`` prints it).
@@ -1337,6 +1441,15 @@ def run(quick: bool = False, *, workloads: Sequence[str] | None = None, peers: b
         add_ratios(wres)
         del plan, active
         gc.collect()
+    if linux_full:
+        if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64"):
+            log("[linux --full] dumping a process with its memory touched, and one process_vm_readv pass")
+            try:
+                results["linux_full"] = measure_linux_full(quick, directory=directory, log=log)
+            except Exception as exc:
+                results["linux_full"] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+        else:
+            results["linux_full"] = {"status": "missing", "reason": "the Linux writer needs Linux on x86-64"}
     if rss:
         log("[rss] streaming through a 4 MiB ring into FileSink in a subprocess")
         try:
@@ -1396,6 +1509,18 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append("not measured, in any workload:")
         for label, reason in absent.values():
             lines.append(f"  {label}: {reason}")
+    full = results.get("linux_full")
+    if full:
+        lines.append("")
+        if full.get("status") != "ok":
+            lines.append(f"Linux writer --full: {full.get('status', '?').upper()}: {full.get('reason')}")
+        else:
+            lines.append(f"Linux writer --full of a process with {full['touched_bytes'] / MiB:,.0f} MiB touched "
+                         f"({full['memory_bytes'] / MiB:,.0f} MiB of memory, {full['dump_bytes'] / MiB:,.0f} MiB dump) "
+                         f"into FileSink: {full['median_end_to_end_s'] * 1e3:.0f} ms end to end "
+                         f"({_fmt(full.get('end_to_end_gbps'), '.2f')} GB/s), target stopped "
+                         f"{full['median_stopped_s'] * 1e3:.0f} ms; one process_vm_readv pass "
+                         f"{full['median_readv_s'] * 1e3:.0f} ms ({_fmt(full.get('readv_gbps'), '.2f')} GB/s)")
     rss = results.get("rss")
     if rss:
         lines.append("")
@@ -1504,6 +1629,8 @@ def _add_options(p: argparse.ArgumentParser) -> None:
                                                              "3 for os.pwrite and peers; quick 2/1)")
     p.add_argument("--no-peers", action="store_true", help="skip the IPC peers")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS check")
+    p.add_argument("--no-linux-full", action="store_true",
+                   help="skip the Linux writer's --full dump against one process_vm_readv pass")
     p.add_argument("--no-pin", action="store_true",
                    help="let the scheduler place mdstream's producer and consumer (default: two different CPUs)")
     p.add_argument("--dir", metavar="DIR", help="where file outputs go (default /dev/shm, else the temp dir)")
@@ -1536,6 +1663,7 @@ def command(args: argparse.Namespace) -> int:
             results = json.load(f)
     else:
         results = run(quick=args.quick, workloads=names, peers=not args.no_peers, rss=not args.no_rss,
+                      linux_full=not getattr(args, "no_linux_full", False),
                       rounds=args.rounds, directory=args.dir, pin=not getattr(args, "no_pin", False), log=log)
     if args.output:
         with open(args.output, "w") as f:

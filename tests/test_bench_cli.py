@@ -76,7 +76,7 @@ def test_bench_help_has_the_exit_status_epilogue(capsys):
 
 def test_one_quick_workload_is_measured_end_to_end():
     """The default tier's run of the measuring code (the whole quick run is in the extended tier)."""
-    results = bench.run(quick=True, workloads=["1k"], peers=False, rss=False)
+    results = bench.run(quick=True, workloads=["1k"], peers=False, rss=False, linux_full=False)
     cases = results["workloads"]["1k"]["cases"]
     for key in ("mdstream/null", "mdstream/memory", "mdstream/file", "memcpy/one-piece", "pwrite/new-file"):
         assert cases[key]["status"] == "ok" and cases[key]["gbps"] > 0, (key, cases[key])

@@ -44,7 +44,9 @@ def test_quick_run_reports_rss_and_targets(quick_results):
     assert rss["dump_bytes"] == rss["file_bytes"] == bench.RSS_DUMP_BYTES[1]
     assert rss["peak_rss"] > 0 and rss["budget"] == bench.RING_CAPACITY + bench.RSS_BUDGET_EXTRA
     names = [t["target"] for t in quick_results["targets"]]
-    assert len(names) == 14  # issue 5's 7, and issue 14's FileSink (4) and fresh MemorySink (3) targets
+    # issue 5's 7, and issue 14's FileSink (4), fresh MemorySink (3) and Linux --full (1) targets
+    assert len(names) == 15
+    assert "Linux writer --full into FileSink: x one process_vm_readv pass" in names
     assert "1k into MemorySink (prefaulted): x best peer" in names
     assert "tiny into FileSink: M writes/s" in names
     assert any(n.startswith("1m into FileSink (fsync included)") for n in names)
@@ -53,12 +55,23 @@ def test_quick_run_reports_rss_and_targets(quick_results):
     json.dumps(quick_results)  # JSON-ready
 
 
+def test_quick_run_measures_the_linux_full_dump_against_one_read_pass(quick_results):
+    full = quick_results["linux_full"]
+    assert full["status"] == "ok", full
+    rounds = bench.LINUX_FULL_ROUNDS[1]
+    assert len(full["end_to_end_seconds"]) == len(full["stopped_seconds"]) == len(full["readv_seconds"]) == rounds
+    # The pass reads the very ranges the dump holds, and they include the touched buffer.
+    assert full["readv_bytes"] == full["memory_bytes"] >= full["touched_bytes"]
+    assert full["dump_bytes"] > full["memory_bytes"]
+    assert 0 < full["median_stopped_s"] <= full["median_end_to_end_s"]
+
+
 def test_table_names_every_case_and_target(quick_results):
     table = bench.format_table(quick_results)
     for name in bench.WORKLOADS:
         assert f"\n{name}:" in table
     for label in ("ring alone (NullSink)", "MemorySink", "FileSink", "one piece", "os.pwrite", "multiprocessing.Queue",
-                  "faster-fifo", "ringbuf", "tachyon-ipc", "shm-ring-buffer", "peak RSS", "targets"):
+                  "faster-fifo", "ringbuf", "tachyon-ipc", "shm-ring-buffer", "peak RSS", "Linux writer --full", "targets"):
         assert label in table, label
 
 

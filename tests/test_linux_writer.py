@@ -294,6 +294,26 @@ def test_full_memory_holds_global_marker(target: Target, tmp_path: Path) -> None
         assert t.Stack.DataSize > 0
 
 
+def test_read_pass_reads_what_the_full_dump_holds(target: Target, tmp_path: Path) -> None:
+    """The benchmark's reference pass reads exactly the Memory64List ranges, and refuses a gone pid."""
+    from mdstream._linux import read_pass
+    from mdstream.bench import _memory64_ranges
+
+    out = tmp_path / "full.dmp"
+    result = linux.write_dump(target.pid, out, full=True)
+    ranges = _memory64_ranges(str(out))
+    total = sum(n for _a, n in ranges)
+    assert 0.9 * result.extra["memory_bytes"] <= total <= result.extra["memory_bytes"]  # + the stacks' own copies
+    assert any(a <= target.marker_address < a + n for a, n in ranges)
+    got, seconds = read_pass(target.pid, ranges)
+    assert got == total and seconds > 0
+    assert read_pass(target.pid, []) == (0, 0.0)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with pytest.raises(mdstream.MdstreamError):
+        read_pass(gone.pid, ranges[:1])
+
+
 def test_privacy_defaults_and_options(target: Target, tmp_path: Path) -> None:
     default = tmp_path / "default.dmp"
     linux.write_dump(target.pid, default)

@@ -126,6 +126,12 @@ typedef struct mdl_thread_info {
 int mdl_snapshot_thread(const mdl_snapshot *snap, size_t i, mdl_thread_info *out);
 void mdl_snapshot_free(mdl_snapshot *snap);
 
+/* The benchmark's reference for a full dump: one process_vm_readv pass over
+ * the given ranges of `pid` (not stopped) into one reused 4 MiB buffer.
+ * *bytes: what could be read; *elapsed_ns: the pass alone. */
+int mdl_read_pass(uint32_t pid, const uint64_t *starts, const uint64_t *sizes, size_t n, uint64_t *bytes,
+                  uint64_t *elapsed_ns, mdl_error *err);
+
 /* The laid-out file: pieces in increasing, contiguous offsets. */
 typedef struct mdl_piece {
     uint64_t offset;
