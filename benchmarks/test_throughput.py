@@ -11,6 +11,7 @@ targets are printed at the end of the session.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -45,7 +46,7 @@ def test_throughput(benchmark: Any, bench_env: Any, workload: str, key: str) -> 
         case.teardown(state)
 
     try:
-        benchmark.pedantic(case.run, setup=lambda: ((case.setup(),), {}), teardown=teardown,
+        benchmark.pedantic(case.run, setup=lambda: ((case.setup_round(),), {}), teardown=teardown,
                            rounds=case.rounds(), iterations=1, warmup_rounds=0)
     except Exception as exc:
         bench_env.record_failure(workload, case, exc)
@@ -68,3 +69,15 @@ def test_peak_rss(benchmark: Any, bench_env: Any) -> None:
     benchmark.group = "peak RSS"
     benchmark.extra_info.update({k: v for k, v in result.items() if isinstance(v, (int, float, bool))})
     assert result["dump_bytes"] == result["file_bytes"] > 0  # the dump arrived whole (not a speed check)
+
+
+def test_linux_full_dump(benchmark: Any, bench_env: Any) -> None:
+    """The Linux writer's --full dump of a process with 500 MiB touched (32 MiB quick) into
+    FileSink, beside one process_vm_readv pass over the same ranges and the target's stopped time."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the Linux writer needs Linux")
+    result = benchmark.pedantic(bench.measure_linux_full, kwargs={"quick": bench_env.quick}, rounds=1, iterations=1)
+    bench_env.results["linux_full"] = result
+    benchmark.group = "Linux writer --full"
+    benchmark.extra_info.update({k: v for k, v in result.items() if isinstance(v, (int, float, bool))})
+    assert result["readv_bytes"] == result["memory_bytes"] > 0  # the pass read what the dump holds (not a speed check)

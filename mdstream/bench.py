@@ -217,6 +217,12 @@ class Case:
     def setup(self) -> Any:
         return None
 
+    def setup_round(self) -> Any:
+        """``setup()``, preceded for a ``fresh_memory`` case by :func:`recycle_free_memory`."""
+        if self.fresh_memory and self.plan is not None:
+            recycle_free_memory(int(self.plan.size) + RECYCLE_SLACK)
+        return self.setup()
+
     def run(self, state: Any) -> Any:
         raise NotImplementedError
 
@@ -1411,9 +1417,7 @@ def run(quick: bool = False, *, workloads: Sequence[str] | None = None, peers: b
                 if case.key in failed or r >= (rounds or case.rounds()):
                     continue
                 try:
-                    if case.fresh_memory:
-                        recycle_free_memory(int(plan.size) + RECYCLE_SLACK)
-                    state = case.setup()
+                    state = case.setup_round()
                     try:
                         t0 = time.perf_counter()
                         case.run(state)
