@@ -283,9 +283,9 @@ class MdstreamCase(Case):
         super().__init__(quick)
         self.sink = sink
         self.key = f"mdstream/{sink}"
-        self.label = f"mdstream -> {self.SINKS[sink]}"
         self.ring_capacity = ring_capacity
         self.directory = directory or scratch_dir()
+        self.label = f"mdstream -> {self.SINKS[sink]}".replace("/dev/shm", self.directory)
         self.fresh_memory = sink in ("memory", "file")
         self.cpus = cpu_pair() if pin is None or pin else None
 
@@ -496,6 +496,7 @@ class PwriteCase(Case):
     def __init__(self, quick: bool = False, directory: str | None = None) -> None:
         super().__init__(quick)
         self.directory = directory or scratch_dir()
+        self.label = type(self).label.replace("/dev/shm", self.directory)
 
     def prepare(self, plan: Any) -> None:
         super().prepare(plan)
