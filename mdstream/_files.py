@@ -110,7 +110,7 @@ def read_with_room(path: PathLike, extra: int, what: str = "file") -> tuple[npt.
             try:
                 from mdstream._mapping import map_private_with_room
 
-                return np.frombuffer(map_private_with_room(fd, size, extra), dtype=np.uint8), size
+                return np.frombuffer(memoryview(map_private_with_room(fd, size, extra)), dtype=np.uint8), size
             except OSError:
                 pass  # not mappable here (Windows, a file system without mmap): read it
         buf = np.empty(size + extra, dtype=np.uint8)
