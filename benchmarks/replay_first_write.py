@@ -20,46 +20,12 @@ import json
 import os
 import statistics
 import sys
-import time
-from typing import Any
-
-
-class FirstBatchClock:
-    """A sink that only notes when its first batch arrived."""
-
-    def __init__(self) -> None:
-        self.first: float | None = None
-
-    def consume(self, batch: Any) -> None:
-        if self.first is None:
-            self.first = time.perf_counter()
-
-    def finish(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def abort(self, *args: Any, **kwargs: Any) -> None:
-        pass
 
 
 def one_round(source: str, schedule: str, directory: str) -> dict[str, float]:
-    from mdstream import FileSink
-    from mdstream.schedules import plan_for
-    from mdstream.simulator import replay
+    from mdstream.bench import measure_replay_start
 
-    out = os.path.join(directory, f"replay-first-write-{os.getpid()}.dmp")
-    clock = FirstBatchClock()
-    t0 = time.perf_counter()
-    plan = plan_for(source, schedule=schedule)
-    planned = time.perf_counter()
-    try:
-        replay(plan, sinks=[clock, FileSink(out)], schedule=schedule)
-        done = time.perf_counter()
-    finally:
-        if os.path.exists(out):
-            os.unlink(out)
-    assert clock.first is not None
-    return {"plan_s": planned - t0, "first_write_s": clock.first - t0, "replay_s": done - t0,
-            "writes": float(plan.count), "bytes": float(plan.total_bytes)}
+    return measure_replay_start(source, directory, schedule)
 
 
 def main(argv: list[str] | None = None) -> int:

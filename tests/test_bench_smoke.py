@@ -44,8 +44,9 @@ def test_quick_run_reports_rss_and_targets(quick_results):
     assert rss["dump_bytes"] == rss["file_bytes"] == bench.RSS_DUMP_BYTES[1]
     assert rss["peak_rss"] > 0 and rss["budget"] == bench.RING_CAPACITY + bench.RSS_BUDGET_EXTRA
     names = [t["target"] for t in quick_results["targets"]]
-    # issue 5's 7, and issue 14's FileSink (4), fresh MemorySink (3) and Linux --full (1) targets
-    assert len(names) == 15
+    # issue 5's 7, and issue 14's FileSink (4), fresh MemorySink (3), Linux --full (1) and replay (2) targets
+    assert len(names) == 17
+    assert "replay of the --full dump: first write after starting it, s" in names
     assert "Linux writer --full into FileSink: x one process_vm_readv pass" in names
     assert "1k into MemorySink (prefaulted): x best peer" in names
     assert "tiny into FileSink: M writes/s" in names
@@ -64,6 +65,9 @@ def test_quick_run_measures_the_linux_full_dump_against_one_read_pass(quick_resu
     assert full["readv_bytes"] == full["memory_bytes"] >= full["touched_bytes"]
     assert full["dump_bytes"] > full["memory_bytes"]
     assert 0 < full["median_stopped_s"] <= full["median_end_to_end_s"]
+    # The dump was replayed each round: planned, and its first write timed after the planning.
+    assert len(full["replay"]) == rounds and full["replay_writes"] > 0
+    assert all(0 < r["plan_s"] <= r["first_write_s"] <= r["replay_s"] for r in full["replay"])
 
 
 def test_table_names_every_case_and_target(quick_results):
