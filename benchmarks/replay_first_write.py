@@ -22,12 +22,6 @@ import statistics
 import sys
 
 
-def one_round(source: str, schedule: str, directory: str) -> dict[str, float]:
-    from mdstream.bench import measure_replay_start
-
-    return measure_replay_start(source, directory, schedule)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dump")
@@ -37,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="PATH", help="also write the rounds as JSON")
     args = p.parse_args(argv)
     directory = args.dir or os.path.dirname(os.path.abspath(args.dump))
-    rounds = [one_round(args.dump, args.schedule, directory) for _ in range(args.rounds)]
+    from mdstream.bench import measure_replay_start
+
+    rounds = [measure_replay_start(args.dump, directory, args.schedule) for _ in range(args.rounds)]
     for i, r in enumerate(rounds, 1):
         print(f"round {i}: planned {r['writes']:,.0f} writes in {r['plan_s'] * 1e3:.0f} ms "
               f"({r['writes'] / r['plan_s'] / 1e6:.1f} M writes/s); first write after {r['first_write_s'] * 1e3:.0f} ms; "

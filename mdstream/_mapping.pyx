@@ -8,14 +8,13 @@ write; a private mapping costs nothing until a page is touched.
 
 from libc.stdint cimport intptr_t, uint64_t
 
-from mdstream._core cimport mds_error
+from mdstream._core cimport MDS_OK, mds_error
+from mdstream._buffers cimport export_bytes
 
 cdef extern from "platform.h" nogil:
     int mds_platform_map_private_with_room(intptr_t file, uint64_t size, uint64_t room, void **mapping,
                                            uint64_t *mapping_size, mds_error *err)
     void mds_platform_unmap_private(void *mapping, uint64_t mapping_size)
-
-cdef int MDS_OK = 0
 
 
 cdef class PrivateMapping:
@@ -40,22 +39,7 @@ cdef class PrivateMapping:
         self.mapping = NULL
 
     def __getbuffer__(self, Py_buffer *buffer, int flags):
-        self.shape[0] = self.length
-        self.strides[0] = 1
-        buffer.buf = self.mapping
-        buffer.obj = self
-        buffer.len = self.length
-        buffer.readonly = 0
-        buffer.itemsize = 1
-        buffer.format = "B"
-        buffer.ndim = 1
-        buffer.shape = self.shape
-        buffer.strides = self.strides
-        buffer.suboffsets = NULL
-        buffer.internal = NULL
-
-    def __releasebuffer__(self, Py_buffer *buffer):
-        pass
+        export_bytes(buffer, self, self.mapping, self.length, False, self.shape, self.strides)
 
 
 def map_private_with_room(int fd, size, room):

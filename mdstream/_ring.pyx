@@ -13,6 +13,7 @@ import numpy as np
 cimport numpy as cnp
 
 from mdstream._core cimport *
+from mdstream._buffers cimport export_bytes
 from mdstream import errors as _errors
 
 cnp.import_array()
@@ -830,19 +831,7 @@ cdef class Batch:
             raise BufferError("the batch was released")
         if not self.ring.mapped:
             raise BufferError("the batch's ring was closed")
-        self.shape[0] = <Py_ssize_t>self.span_len
-        self.strides[0] = 1
-        buffer.buf = <void *>self.span
-        buffer.obj = self
-        buffer.len = <Py_ssize_t>self.span_len
-        buffer.readonly = 1
-        buffer.itemsize = 1
-        buffer.format = "B"
-        buffer.ndim = 1
-        buffer.shape = self.shape
-        buffer.strides = self.strides
-        buffer.suboffsets = NULL
-        buffer.internal = NULL
+        export_bytes(buffer, self, <void *>self.span, <Py_ssize_t>self.span_len, True, self.shape, self.strides)
         self.exports += 1
         self.ring.live_exports += 1
 

@@ -12,6 +12,7 @@ import numpy as np
 cimport numpy as cnp
 
 from mdstream._core cimport *
+from mdstream._buffers cimport export_bytes
 from mdstream._ring cimport Batch, Ring, SPAN_END, SPAN_TIMEOUT, raise_for, set_batch_span
 from mdstream._private_files import check_new_output, check_output_name, create_private_temp, fsync_directory, publish
 from mdstream.errors import OutputExistsError
@@ -174,19 +175,8 @@ cdef class MemorySink:
         return self.buf.size
 
     def __getbuffer__(self, Py_buffer *buffer, int flags):
-        self.shape[0] = <Py_ssize_t>self.buf.size
-        self.strides[0] = 1
-        buffer.buf = <void *>(self.buf.data if self.buf.data != NULL else &EMPTY_BYTE)
-        buffer.obj = self
-        buffer.len = <Py_ssize_t>self.buf.size
-        buffer.readonly = 0
-        buffer.itemsize = 1
-        buffer.format = "B"
-        buffer.ndim = 1
-        buffer.shape = self.shape
-        buffer.strides = self.strides
-        buffer.suboffsets = NULL
-        buffer.internal = NULL
+        export_bytes(buffer, self, <void *>(self.buf.data if self.buf.data != NULL else &EMPTY_BYTE),
+                     <Py_ssize_t>self.buf.size, False, self.shape, self.strides)
         self.exports += 1
 
     def __releasebuffer__(self, Py_buffer *buffer):
