@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,48 @@ def test_plot_script_reads_the_results(quick_results, tmp_path):
     png = tmp_path / "plot.png"
     assert plot.main([str(results), "-o", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _full_targets_alive() -> list[int]:
+    """Pids of the processes measure_linux_full starts (recognised by their -c code)."""
+    marker = b"until the benchmark closes our stdin"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the Linux writer needs Linux")
+def test_a_killed_bench_leaves_no_full_dump_target_behind(tmp_path):
+    """SIGKILL the benchmark at random points of the --full measurement: its target process
+    (which waits on its stdin) must end by itself, never stay behind."""
+    import random
+    import signal
+    import subprocess
+    import time
+
+    assert _full_targets_alive() == []
+    code = ("from mdstream import bench; import sys; "
+            f"bench.measure_linux_full(True, directory={str(tmp_path)!r}, rounds=50, "
+            "log=lambda m: print(m, flush=True))")
+    rng = random.Random(14)
+    rounds = int(os.environ.get("MDSTREAM_KILL_ROUNDS", "8"))
+    killed_mid_measure = 0
+    for _ in range(rounds):
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 2.0))
+        started = bool(_full_targets_alive())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        killed_mid_measure += started
+        deadline = time.monotonic() + 10
+        while _full_targets_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _full_targets_alive() == [], "the --full target outlived the benchmark"
+    assert killed_mid_measure >= rounds // 2  # most kills landed while the target was running
