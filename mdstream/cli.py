@@ -91,6 +91,10 @@ class _RunState:
         self.completed: list[str] = []   # outputs renamed into place
         self.stream_size = 0             # a dump written as a stream (-o -, a device, a FIFO)
         self.stream_sha256: str | None = None
+        # SIGINT or SIGTERM received.  An import of a C extension can swallow the
+        # exception they raise (numpy turns it into an ImportError), so what
+        # comes out instead is reported as the interruption it is.
+        self.signalled: int | None = None
 
     def output_done(self, path: str) -> None:
         self.completed.append(path)
@@ -1180,25 +1184,36 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM: unwinds like Ctrl-C (sinks aborted, the ring told), then exits 143."""
 
 
-def _terminate_like_interrupt() -> Any:
+def _handle_interrupts() -> dict[int, Any]:
+    """SIGTERM ends a command as Ctrl-C does (:class:`Terminated`); both are noted in
+    ``_RUN.signalled``.  Returns the handlers to put back."""
     import signal
 
     owner = os.getpid()
 
-    def handler(signum: int, frame: Any) -> None:
+    def on_term(signum: int, frame: Any) -> None:
         if os.getpid() != owner:
             # A forked child (the bench's peer producers): end as SIGTERM ends a process, no traceback.
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
+        _RUN.signalled = signum
         raise Terminated()
 
+    def on_int(signum: int, frame: Any) -> None:
+        _RUN.signalled = signum
+        raise KeyboardInterrupt
+
+    previous: dict[int, Any] = {}
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return previous
     try:
-        return signal.signal(signal.SIGTERM, handler)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_term)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # a caller's own handler stays
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, on_int)
     except (ValueError, OSError):  # pragma: no cover - not the main thread of the main interpreter
-        return None
+        pass
+    return previous
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1207,6 +1222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     want_json = "--json" in argv_list
     args: argparse.Namespace | None = None
     _RUN.completed.clear()
+    _RUN.signalled = None
 
     def fail(message: str, code: int, *, usage: argparse.ArgumentParser | None = None,
              reported: bool = False) -> int:
@@ -1219,9 +1235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _json_error(_format_name(args) if args is not None else _format_from_argv(argv_list), message, code)
         return code
 
-    previous_term = None
+    previous_handlers: dict[int, Any] = {}
     try:
-        previous_term = _terminate_like_interrupt()
+        previous_handlers = _handle_interrupts()
         parser = build_parser()
         try:
             args = parser.parse_args(argv_list)
@@ -1252,12 +1268,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail(_describe_error(exc), exc.code, reported=exc.reported)
         if _expected(exc):
             return fail(_describe_error(exc), 1)
-        raise
-    finally:
-        if previous_term is not None:
+        if _RUN.signalled is not None:  # the interrupt, turned into another error on its way out
             import signal
 
-            signal.signal(signal.SIGTERM, previous_term)
+            if _RUN.signalled == signal.SIGTERM:
+                return fail("terminated (SIGTERM)", 143)
+            return fail("interrupted", 130)
+        raise
+    finally:
+        if previous_handlers:
+            import signal
+
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1070,7 +1070,7 @@ def test_progress_shows_planning_from_the_start():
 FORKED_CHILD_TERMINATED = """
 import os, signal, sys, time
 from mdstream import cli
-cli._terminate_like_interrupt()
+cli._handle_interrupts()
 pid = os.fork()
 if pid == 0:
     os.kill(os.getpid(), signal.SIGTERM)
@@ -1088,3 +1088,28 @@ def test_sigterm_in_a_forked_child_ends_it_without_a_traceback():
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "True" and "Traceback" not in proc.stderr, (proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("signame, code, message", [("SIGINT", 130, "interrupted"),
+                                                    ("SIGTERM", 143, "terminated (SIGTERM)")])
+def test_an_interrupt_an_import_swallowed_is_still_an_interruption(monkeypatch, capsys, signame, code, message):
+    """numpy's import turns a KeyboardInterrupt raised inside it into an ImportError (a Ctrl-C that
+    lands while ``bench`` or ``demo`` first imports numpy): the one-line message, not a traceback."""
+    import signal
+
+    def import_hit_by_a_signal(args):
+        swallowed = False
+        try:
+            os.kill(os.getpid(), getattr(signal, signame))
+            time.sleep(1)  # the handler runs at the next bytecode boundary
+        except KeyboardInterrupt:  # as C code does: the exception is cleared, not chained
+            swallowed = True
+        assert swallowed, "the signal did not arrive"
+        raise ImportError('PyCapsule_Import could not import module "datetime"')
+
+    monkeypatch.setattr(cli, "cmd_info", import_hit_by_a_signal)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert cli.main(["info", "whatever.dmp"]) == code
+    err = capsys.readouterr().err
+    assert err == f"mdstream: error: {message}\n"
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers put back
