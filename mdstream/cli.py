@@ -91,10 +91,6 @@ class _RunState:
         self.completed: list[str] = []   # outputs renamed into place
         self.stream_size = 0             # a dump written as a stream (-o -, a device, a FIFO)
         self.stream_sha256: str | None = None
-        # SIGINT or SIGTERM received.  An import of a C extension can swallow the
-        # exception they raise (numpy turns it into an ImportError), so what
-        # comes out instead is reported as the interruption it is.
-        self.signalled: int | None = None
 
     def output_done(self, path: str) -> None:
         self.completed.append(path)
@@ -1184,36 +1180,79 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM: unwinds like Ctrl-C (sinks aborted, the ring told), then exits 143."""
 
 
-def _handle_interrupts() -> dict[int, Any]:
-    """SIGTERM ends a command as Ctrl-C does (:class:`Terminated`); both are noted in
-    ``_RUN.signalled``.  Returns the handlers to put back."""
+def _terminate_like_interrupt() -> Any:
     import signal
 
     owner = os.getpid()
 
-    def on_term(signum: int, frame: Any) -> None:
+    def handler(signum: int, frame: Any) -> None:
         if os.getpid() != owner:
             # A forked child (the bench's peer producers): end as SIGTERM ends a process, no traceback.
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        _RUN.signalled = signum
         raise Terminated()
 
-    def on_int(signum: int, frame: Any) -> None:
-        _RUN.signalled = signum
-        raise KeyboardInterrupt
-
-    previous: dict[int, Any] = {}
     if threading.current_thread() is not threading.main_thread():
-        return previous
+        return None
     try:
-        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_term)
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # a caller's own handler stays
-            previous[signal.SIGINT] = signal.signal(signal.SIGINT, on_int)
+        return signal.signal(signal.SIGTERM, handler)
     except (ValueError, OSError):  # pragma: no cover - not the main thread of the main interpreter
-        pass
-    return previous
+        return None
+
+
+class _SignalWitness:
+    """Which signals arrived during a command, as Python's C-level handler saw them
+    (``signal.set_wakeup_fd``).  An import of a C extension can swallow the
+    KeyboardInterrupt or :class:`Terminated` a signal raised (numpy turns it into
+    an ImportError), so what comes out instead is reported as that interruption.
+    Watching leaves the handlers alone, so nothing of mdstream's shows in what
+    Python prints for an interrupt it had to ignore."""
+
+    def __init__(self) -> None:
+        import signal
+
+        self.fds: tuple[int, int] | None = None
+        self.previous = -1
+        if threading.current_thread() is not threading.main_thread():
+            return
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        try:
+            self.previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        except (ValueError, OSError):  # pragma: no cover - not the main thread of the main interpreter
+            os.close(r)
+            os.close(w)
+            return
+        self.fds = (r, w)
+        if self.previous != -1:  # somebody else's (an event loop): theirs, not ours
+            self.close()
+
+    def seen(self) -> int | None:
+        """SIGTERM or SIGINT if one arrived (SIGTERM first), else None."""
+        import signal
+
+        if self.fds is None:
+            return None
+        try:
+            got = os.read(self.fds[0], 4096)
+        except BlockingIOError:
+            return None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            if bytes([signum]) in got:
+                return signum
+        return None
+
+    def close(self) -> None:
+        import signal
+
+        if self.fds is None:
+            return
+        signal.set_wakeup_fd(self.previous)
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1222,7 +1261,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     want_json = "--json" in argv_list
     args: argparse.Namespace | None = None
     _RUN.completed.clear()
-    _RUN.signalled = None
 
     def fail(message: str, code: int, *, usage: argparse.ArgumentParser | None = None,
              reported: bool = False) -> int:
@@ -1235,9 +1273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _json_error(_format_name(args) if args is not None else _format_from_argv(argv_list), message, code)
         return code
 
-    previous_handlers: dict[int, Any] = {}
+    previous_term = None
+    witness = _SignalWitness()
     try:
-        previous_handlers = _handle_interrupts()
+        previous_term = _terminate_like_interrupt()
         parser = build_parser()
         try:
             args = parser.parse_args(argv_list)
@@ -1268,19 +1307,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail(_describe_error(exc), exc.code, reported=exc.reported)
         if _expected(exc):
             return fail(_describe_error(exc), 1)
-        if _RUN.signalled is not None:  # the interrupt, turned into another error on its way out
+        signum = witness.seen()
+        if signum is not None:  # the interrupt, turned into another error on its way out
             import signal
 
-            if _RUN.signalled == signal.SIGTERM:
+            if signum == signal.SIGTERM:
                 return fail("terminated (SIGTERM)", 143)
             return fail("interrupted", 130)
         raise
     finally:
-        if previous_handlers:
+        witness.close()
+        if previous_term is not None:
             import signal
 
-            for signum, handler in previous_handlers.items():
-                signal.signal(signum, handler)
+            signal.signal(signal.SIGTERM, previous_term)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1070,7 +1070,7 @@ def test_progress_shows_planning_from_the_start():
 FORKED_CHILD_TERMINATED = """
 import os, signal, sys, time
 from mdstream import cli
-cli._handle_interrupts()
+cli._terminate_like_interrupt()
 pid = os.fork()
 if pid == 0:
     os.kill(os.getpid(), signal.SIGTERM)
