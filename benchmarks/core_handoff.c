@@ -70,13 +70,15 @@ static void *consume(void *unused) {
 
 int main(int argc, char **argv) {
     int rounds = 8;
+    producer_cpu = 0;
+    consumer_cpu = 1;
     if (argc == 4) {
         producer_cpu = atoi(argv[1]);
         consumer_cpu = atoi(argv[2]);
         rounds = atoi(argv[3]);
-    } else {
-        producer_cpu = 0;
-        consumer_cpu = 1;
+    } else if (argc != 1) {
+        fprintf(stderr, "usage: core_handoff [PRODUCER_CPU CONSUMER_CPU ROUNDS]\n");
+        return 2;
     }
     if (producer_cpu == consumer_cpu) {
         fprintf(stderr, "core_handoff: the two threads spin; give two different CPUs\n");
