@@ -15,6 +15,7 @@ it writes the dump.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -481,7 +482,8 @@ def kill_watcher_mid_dump(tmp_path: Path, how: signal.Signals, delay: float, tim
         took = time.monotonic() - crashed
     finally:
         if how == signal.SIGSTOP:
-            os.kill(watcher, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # not our child: it may be gone and reaped already
+                os.kill(watcher, signal.SIGKILL)
         code = proc.wait(30)
     err = proc.stderr.read().decode() if proc.stderr else ""
     if code == -signal.SIGKILL:

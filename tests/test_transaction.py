@@ -187,13 +187,12 @@ def kill_round(tmp_path: Path, plan: WritePlan, expected: str, *, sig: int, with
             wait_until(lambda: callback.bytes_written >= plan.total_bytes or sim.done, "the last write")
             time.sleep(rng.uniform(0, 0.05))
         phase += "-after-exit" if consumer.poll() is not None else ""
-        try:
-            os.kill(consumer.pid, sig)
-        except ProcessLookupError:
-            pass
+        # send_signal skips a consumer already reaped (the after-exit rounds: poll() above reaped it),
+        # where a bare os.kill would raise ProcessLookupError or hit a recycled pid.
+        consumer.send_signal(sig)
         sim.wait(HANG_GUARD)
         if sig == signal.SIGSTOP:
-            os.kill(consumer.pid, signal.SIGCONT)
+            consumer.send_signal(signal.SIGCONT)
         _, err = finish_consumer(consumer)
         outcome = check_invariant(sim, callback, ring, output, spill, expected, work)
         if sig == signal.SIGTERM and consumer.returncode not in (0,):
@@ -291,14 +290,12 @@ def producer_kill_round(tmp_path: Path, expected: str, *, sig: int, rng: random.
             wait_until(lambda: ring.write_position >= DUMP_BYTES or producer.poll() is not None
                        or consumer.poll() is not None, "the last write")
             time.sleep(rng.uniform(0, 0.02))
-        try:
-            os.kill(producer.pid, sig)
-        except ProcessLookupError:
-            pass
+        # send_signal skips a producer the wait above already reaped.
+        producer.send_signal(sig)
         out, err = finish_consumer(consumer)
         assert b"Traceback" not in err, err
         if sig == signal.SIGSTOP:
-            os.kill(producer.pid, signal.SIGCONT)
+            producer.send_signal(signal.SIGCONT)
         p_out, p_err = producer.communicate(timeout=HANG_GUARD)
         leftovers = sorted(p.name for p in work.iterdir() if p.name not in ("ring", "out.dmp"))
         assert not leftovers, f"the consumer left {leftovers}"
