@@ -140,7 +140,12 @@ cdef class Ring:
             if b"\0" in encoded:
                 raise ValueError("ring name contains a NUL byte")
             cname = encoded
-        rc = mds_ring_create_ex(&ring.c, cname, <uint64_t>cap, 1 if replace_stale else 0, &err)
+        cdef int replace = 1 if replace_stale else 0
+        cdef uint64_t ccap = cap
+        # Creation sizes and maps the file (tens of ms for a large ring on a cold page cache); the
+        # new Ring is not shared yet and `encoded` holds cname, so other threads may run meanwhile.
+        with nogil:
+            rc = mds_ring_create_ex(&ring.c, cname, ccap, replace, &err)
         if rc != MDS_OK:
             raise_for(rc, &err)
         ring.mapped = True
@@ -165,7 +170,10 @@ cdef class Ring:
         encoded = os.fsencode(name_or_path)
         if b"\0" in encoded:
             raise ValueError("ring name contains a NUL byte")
-        rc = mds_ring_attach(&ring.c, encoded, &err)
+        cdef const char *cname = encoded
+        # Not shared yet (see create): let other threads run while the file is opened and mapped.
+        with nogil:
+            rc = mds_ring_attach(&ring.c, cname, &err)
         if rc != MDS_OK:
             raise_for(rc, &err)
         ring.mapped = True
